@@ -1,0 +1,17 @@
+"""`python -m hf_transfer` and `accelerate launch -m hf_transfer`.
+
+Commands:
+    train RECIPE [key.path=value ...] [--output-dir DIR] [--overwrite | --resume]
+    evaluate OUTPUT_DIR [--split test | --file more.csv]
+    predict OUTPUT_DIR "text" ... [--file in.csv] [--json]
+    publish OUTPUT_DIR --repo-id me/name [--space me/name-demo] [--private] [--merge] [--exist-ok]
+    demo OUTPUT_DIR_OR_REPO
+    recipes | schema | doctor
+"""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The `hf-transfer` command line: argument parsing only; each subcommand calls one function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=3e-5 strategy.kind=lora")
+    parser.add_argument("--output-dir", help="overrides training.output_dir")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .train import install_sigterm_as_interrupt, train
+
+    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    install_sigterm_as_interrupt()
+    out = train(recipe, overwrite=args.overwrite, resume=args.resume)
+    if recipe.hub is not None:
+        from accelerate import PartialState
+
+        from .hub import publish
+
+        result = publish(
+            out,
+            recipe.hub.repo_id,
+            space=recipe.hub.space,
+            private=recipe.hub.private,
+            exist_ok=True,
+            is_main_process=PartialState().is_main_process,
+        )
+        if result is not None:
+            print(f"published {result.repo_url}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        summary = {split: values for split, values in metrics.items() if split != "train"}
+        print(json.dumps({"output_dir": str(out), **summary}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .inference import evaluate_run
+
+    scores = evaluate_run(args.output_dir, split=args.split, file=args.file)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load_run, predict_texts, read_texts
+
+    run = load_run(args.output_dir)
+    texts = list(args.texts)
+    if args.file:
+        texts += read_texts(Path(args.file), run.recipe.data.text_column)
+    if not texts:
+        print("error: give texts as arguments or --file", file=sys.stderr)
+        return 2
+    results = predict_texts(run, texts)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for text, result in zip(texts, results, strict=True):
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        if "scores" in result:
+            top = sorted(result["scores"].items(), key=lambda item: -item[1])[:3]
+            scores = ", ".join(f"{label} {value:.3f}" for label, value in top)
+            print(f"{result['label']}\t{scores}\t{shown}")
+        else:
+            print(f"{result['score']:.4f}\t{shown}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    folder = Path(args.dir) if args.dir else RECIPES_DIR
+    if not folder.is_dir():
+        print(f"no recipes folder at {folder} (pass --dir)", file=sys.stderr)
+        return 1
+    import yaml
+
+    for path in sorted(folder.glob("*.yaml")):
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        strategy = (tree.get("strategy") or {}).get("kind", "lora")
+        source = (tree.get("data") or {}).get("source", "?")
+        print(f"{path.name:34} {strategy:8} {tree.get('model', '?'):45} {source}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .recipe import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2)
+    if args.write:
+        Path(args.write).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    text, healthy = report()
+    print(text)
+    return 0 if healthy else 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .hub import publish
+
+    result = publish(
+        Path(args.output_dir),
+        args.repo_id,
+        space=args.space,
+        private=args.private,
+        merge=args.merge,
+        exist_ok=args.exist_ok,
+        space_secret_token_name=args.space_token_secret,
+    )
+    if result.commit_oid is None:
+        print(f"{result.repo_url}: already up to date (nothing changed)")
+    else:
+        print(f"{result.repo_url}: committed {result.commit_oid[:10]} ({result.bytes_uploaded:,} bytes)")
+    if result.space_url:
+        print(f"Space: {result.space_url}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .space import launch_demo
+
+    launch_demo(
+        args.model, host=args.host, port=args.port, share=args.share, trust_remote_code=args.trust_remote_code or None
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-transfer",
+        description="Transfer learning recipes for the Hugging Face ecosystem. "
+        "Training runs under `accelerate launch -m hf_transfer train ...` too.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a recipe and write its output folder")
+    _add_recipe_arguments(train)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in the output folder"
+    )
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained output folder on a split or a labelled file")
+    evaluate.add_argument("output_dir")
+    evaluate.add_argument("--split", default="test", help="split of the recipe's data (default: test)")
+    evaluate.add_argument("--file", help="a labelled csv/tsv/json file with the recipe's columns")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="predict labels for texts with a trained output folder")
+    predict.add_argument("output_dir")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--file", help="a .txt file (one text per line) or a table with a text column")
+    predict.add_argument("--json", action="store_true", help='print [{"label": ..., "scores": {...}}, ...]')
+    predict.set_defaults(run=cmd_predict)
+
+    recipes = commands.add_parser("recipes", help="list the bundled recipes")
+    recipes.add_argument("--dir", help="another folder of recipes")
+    recipes.set_defaults(run=cmd_recipes)
+
+    schema = commands.add_parser("schema", help="print the recipe JSON Schema (for editor validation)")
+    schema.add_argument("--write", help="write it to this file instead")
+    schema.set_defaults(run=cmd_schema)
+
+    doctor = commands.add_parser("doctor", help="versions, offline mirrors, and a foreign `hf_transfer` install")
+    doctor.set_defaults(run=cmd_doctor)
+
+    publish = commands.add_parser("publish", help="push an output folder to the Hub (+ a Gradio Space)")
+    publish.add_argument("output_dir")
+    publish.add_argument("--repo-id", required=True, help="namespace/name of the model repo")
+    publish.add_argument("--space", help="namespace/name of a Gradio Space to create that serves the model")
+    publish.add_argument("--private", action="store_true")
+    publish.add_argument("--merge", action="store_true", help="LoRA runs: push the merged model, not the adapter")
+    publish.add_argument("--exist-ok", action="store_true", help="update the repo if it already exists")
+    publish.add_argument(
+        "--space-token-secret",
+        help="name of an environment variable holding a read token, set as a secret on a public Space "
+        "so it can load a private model",
+    )
+    publish.set_defaults(run=cmd_publish)
+
+    demo = commands.add_parser("demo", help="run the Space app locally on an output folder or a Hub repo")
+    demo.add_argument("model", help="output folder or Hub repo ID")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int)
+    demo.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    demo.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run a Hub repo's own model code (needed for a repo with hf_transfer's pooled architecture)",
+    )
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `hf-transfer` and `python -m hf_transfer`; errors print one clear line, not a traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .errors import USER_ERRORS
+
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

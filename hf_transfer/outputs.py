@@ -1,0 +1,259 @@
+"""The output folder: claiming it safely, and writing weights, tokenizer, recipe, metrics, provenance and the card."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from .recipe import Recipe
+from .tasks import POOLED_MODEL_FILE, TASKS, is_pooled, mark_pooled_for_export, pooled_model_source
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .data import PreparedData
+    from .sources import Resolved
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "peft", "accelerate", "evaluate", "huggingface_hub")
+EXAMPLES_IN_CARD = 5
+
+
+class OutputDirError(RuntimeError):
+    """The output folder cannot be used without losing existing results."""
+
+
+def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool) -> None:
+    """Never overwrite silently: a non-empty folder needs --overwrite (cleared) or --resume (continued)."""
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"training.output_dir {str(path)!r} is a file, not a folder")
+    existing = path.is_dir() and any(path.iterdir())
+    if existing and not (overwrite or resume):
+        raise OutputDirError(
+            f"training.output_dir {str(path)!r} already holds files; pass --overwrite to replace them, "
+            "--resume to continue that run, or choose another folder (--output-dir)"
+        )
+    if resume and not existing:
+        raise OutputDirError(f"--resume: {str(path)!r} holds no earlier run to resume")
+    if not is_main:
+        return
+    if existing and overwrite and not resume:
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as error:
+        raise OutputDirError(f"training.output_dir {str(path)!r} is not writable: {error.strerror}") from None
+
+
+def available_trackers(names: list[str]) -> list[str]:
+    """Only the trackers that are installed; a missing one is a warning, not a failed run."""
+    from accelerate.utils import is_tensorboard_available, is_trackio_available, is_wandb_available
+
+    checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "trackio": is_trackio_available}
+    usable = []
+    for name in names:
+        if name in checks and checks[name]():
+            usable.append(name)
+        else:
+            logger.warning("tracker %r is not installed; skipping it", name)
+    return usable
+
+
+def append_jsonl(path: Path, entry: dict[str, Any], is_main: bool) -> None:
+    if is_main:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES + ("hf-transfer-recipes",):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def model_license(model_dir: Path) -> str | None:
+    """The `license:` of the base model's card, when it ships one."""
+    readme = model_dir / "README.md"
+    if not readme.is_file():
+        return None
+    match = re.match(r"^---\n(.*?)\n---", readme.read_text(encoding="utf-8", errors="replace"), re.DOTALL)
+    if not match:
+        return None
+    try:
+        meta = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError:
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.6 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size), dpi=100)
+    data = np.asarray(matrix)
+    axis.imshow(data, cmap="Blues")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    if len(names) <= 20:
+        for (row, column), value in np.ndenumerate(data):
+            color = "white" if value > data.max() / 2 else "black"
+            axis.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    figure.tight_layout()
+    # Fixed metadata keeps the PNG byte-identical for identical numbers (re-publishing is then a no-op).
+    figure.savefig(path, format="png", metadata={"Software": None})
+    plt.close(figure)
+
+
+def save_output_folder(
+    accelerator: Accelerator,
+    out: Path,
+    *,
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    model_source: Resolved,
+    data: PreparedData,
+    pooling: str,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+    eval_split: str,
+    eval_predictions: tuple[np.ndarray, np.ndarray] | None,
+) -> None:
+    """Write the folder that evaluate, predict, publish and the Space start from. Only the main process writes."""
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded weights (FSDP/DeepSpeed) on every rank
+    unwrapped = accelerator.unwrap_model(model)
+    if not accelerator.is_main_process:
+        return
+    hub_id = model_source.hub_id
+    is_peft = hasattr(unwrapped, "peft_config")
+    if is_peft:
+        unwrapped.peft_config["default"].base_model_name_or_path = hub_id
+        # save_embedding_layers="auto" would look the base model up on the Hub; embeddings never train here.
+        unwrapped.save_pretrained(out / "adapter", state_dict=state_dict, save_embedding_layers=False)
+        merged = unwrapped.merge_and_unload()
+        merged.config._name_or_path = hub_id
+        merged.save_pretrained(out)
+    else:
+        unwrapped.config._name_or_path = hub_id
+        if is_pooled(unwrapped):
+            mark_pooled_for_export(unwrapped)
+            (out / POOLED_MODEL_FILE).write_text(pooled_model_source(unwrapped.config), encoding="utf-8")
+        unwrapped.save_pretrained(out, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+    _scrub_local_paths(out, model_source.location)
+
+    (out / "recipe.yaml").write_text(
+        "# The resolved recipe of this run. Rerun: hf-transfer train recipe.yaml --output-dir NEW_FOLDER\n"
+        + recipe.to_yaml(),
+        encoding="utf-8",
+    )
+    write_json_atomic(out / "metrics.json", metrics)
+
+    id2label = {str(k): v for k, v in data.labels.id2label.items()}
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    examples = []
+    if eval_predictions is not None:
+        raw_scores, predictions = eval_predictions
+        split = data.splits[eval_split]
+        for index in range(min(EXAMPLES_IN_CARD, len(split))):
+            examples.append(_example(recipe.task, split[index], raw_scores[index], predictions[index], names))
+    per_class = {
+        names[int(k)]: v for k, v in (details.get("per_class") or {}).items() if recipe.task != "text-regression"
+    }
+    run = {
+        "task": recipe.task,
+        "pipeline_tag": TASKS[recipe.task].pipeline_tag,
+        "strategy": recipe.strategy.kind,
+        "pooling": pooling,
+        "base_model": hub_id,
+        "model_source": model_source.record,
+        "dataset": {
+            "id": data.source.hub_id,
+            "source_kind": data.source.record.get("kind"),
+            **{k: v for k, v in data.source.record.items() if k not in ("kind", "id")},
+            "fingerprint": data.fingerprint,
+            "splits": {name: len(split) for name, split in data.splits.items()},
+            "skipped": data.labels.skipped,
+            "unscored_splits": data.labels.unscored_splits,
+        },
+        "recipe_sha256": recipe.sha256(),
+        "versions": package_versions(),
+        "id2label": id2label,
+        "trainable_params": metrics["train"]["trainable_params"],
+        "total_params": metrics["train"]["total_params"],
+        "eval_split": eval_split,
+        "per_class": per_class,
+        "confusion_matrix": details.get("confusion_matrix"),
+        "examples": examples,
+        "license": model_license(Path(model_source.location)),
+        "trust_remote_code": is_pooled(unwrapped),
+        "adapter": is_peft,
+        "produced_by": "hf_transfer",
+    }
+    write_json_atomic(out / "run.json", run)
+    if details.get("confusion_matrix"):
+        title = f"{hub_id} · {recipe.strategy.kind} · {eval_split}"
+        plot_confusion_matrix(details["confusion_matrix"], names, out / "confusion_matrix.png", title)
+    from .hub import write_model_card
+
+    write_model_card(out)
+    logger.info("wrote %s", out)
+
+
+def _example(task: str, row: dict[str, Any], scores: np.ndarray, prediction: Any, names: list[str]) -> dict[str, Any]:
+    example: dict[str, Any] = {"text": row["text"]}
+    if "text_pair" in row:
+        example["text_pair"] = row["text_pair"]
+    if task == "text-regression":
+        example.update(label=float(row["label"]), prediction=float(prediction), score=float(prediction))
+    elif task == "multi-label-classification":
+        example["label"] = [names[i] for i, v in enumerate(row["label"]) if v]
+        example["prediction"] = [names[i] for i, v in enumerate(prediction) if v]
+        example["score"] = round(float(np.max(scores)), 6)
+    else:
+        example.update(label=names[int(row["label"])], prediction=names[int(prediction)])
+        example["score"] = round(float(scores[int(prediction)]), 6)
+    return example
+
+
+def _scrub_local_paths(out: Path, local_location: str) -> None:
+    """Saved configs carry Hub IDs, never the mirror or cache path the weights were read from."""
+    for path in out.glob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        if local_location in text:
+            data = json.loads(text)
+            for key in ("_name_or_path", "name_or_path", "base_model_name_or_path"):
+                if isinstance(data.get(key), str) and local_location in data[key]:
+                    data.pop(key)
+            write_json_atomic(path, data)

@@ -1,0 +1,159 @@
+"""TASKS: what each task means for the model class, loss, pipeline tag and default metric — and building the model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+POOLED_MODEL_FILE = "modeling_hf_transfer.py"
+POOLED_MODEL_CLASS = "PooledModelForSequenceClassification"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    problem_type: str
+    pipeline_tag: str
+    metric_for_best: str
+    greater_is_better: bool
+    model_index_type: str
+    """Task type in the model card's model-index."""
+
+
+TASKS: dict[str, TaskSpec] = {
+    "text-classification": TaskSpec(
+        "single_label_classification", "text-classification", "accuracy", True, "text-classification"
+    ),
+    "multi-label-classification": TaskSpec(
+        "multi_label_classification", "text-classification", "f1_macro", True, "text-classification"
+    ),
+    "text-regression": TaskSpec("regression", "text-classification", "mse", False, "text-classification"),
+}
+
+
+def sentence_transformers_pooling(model_dir: Path) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with (`1_Pooling/config.json`), if any."""
+    config = model_dir / "1_Pooling" / "config.json"
+    if not config.is_file():
+        return None
+    modes = json.loads(config.read_text(encoding="utf-8"))
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
+    """`pooler` means the architecture's own head; `mean`/`cls` use the project's pooled classifier."""
+    if recipe.strategy.pooling:
+        return recipe.strategy.pooling
+    if recipe.strategy.kind == "head":
+        # A frozen CLS/pooler head on a mean-pooled sentence encoder is weak (0.61 vs 0.81 on SST-2, GUIDE.md).
+        return sentence_transformers_pooling(model_dir) or "pooler"
+    return "pooler"
+
+
+def pooled_model_source(config: Any) -> str:
+    """The pooled classifier's source, with its two constants filled in for this backbone family."""
+    template = (Path(__file__).parent / POOLED_MODEL_FILE).read_text(encoding="utf-8")
+    prefix = _base_model_prefix(config)
+    source = template.replace(
+        'BACKBONE_CONFIG_CLASS = "BertConfig"', f'BACKBONE_CONFIG_CLASS = "{type(config).__name__}"'
+    )
+    return source.replace('BACKBONE_PREFIX = "bert"', f'BACKBONE_PREFIX = "{prefix}"')
+
+
+def _base_model_prefix(config: Any) -> str:
+    from transformers import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    native = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None)
+    return getattr(native, "base_model_prefix", None) or config.model_type.replace("-", "_")
+
+
+def pooled_model_class(config: Any) -> type[PreTrainedModel]:
+    """Build the pooled classifier class from the same source that is written into the output folder."""
+    module = types.ModuleType("modeling_hf_transfer")
+    exec(compile(pooled_model_source(config), POOLED_MODEL_FILE, "exec"), module.__dict__)
+    return getattr(module, POOLED_MODEL_CLASS)
+
+
+def load_tokenizer(model_dir: str, recipe: Recipe) -> Any:
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.trust_remote_code)
+
+
+def check_safetensors(model_dir: Path, recipe: Recipe) -> None:
+    """Safetensors only, unless the recipe says `allow_pickle: true`: pickle files can run code when loaded."""
+    if any(model_dir.glob("*.safetensors")) or recipe.allow_pickle:
+        return
+    pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+    if pickles:
+        raise ValueError(
+            f"model {recipe.model!r} has only pickle weights ({', '.join(pickles)}); pickle can execute code on "
+            "load. Convert it to safetensors, or set `allow_pickle: true` in the recipe if you trust the source."
+        )
+
+
+def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], pooling: str) -> PreTrainedModel:
+    """The task model on the pretrained backbone, with a new head sized to the labels."""
+    spec = TASKS[recipe.task]
+    check_safetensors(Path(model_dir), recipe)
+    num_labels = 1 if recipe.task == "text-regression" else len(id2label)
+    config = AutoConfig.from_pretrained(
+        model_dir,
+        num_labels=num_labels,
+        id2label={int(k): v for k, v in id2label.items()},
+        label2id={v: int(k) for k, v in id2label.items()},
+        problem_type=spec.problem_type,
+        trust_remote_code=recipe.trust_remote_code,
+    )
+    if recipe.data.max_length > getattr(config, "max_position_embeddings", 10**9):
+        raise ValueError(
+            f"data.max_length = {recipe.data.max_length} exceeds the model's max_position_embeddings "
+            f"({config.max_position_embeddings}); lower data.max_length"
+        )
+    kwargs: dict[str, Any] = {"config": config, "use_safetensors": not recipe.allow_pickle or None}
+    if pooling == "pooler":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, trust_remote_code=recipe.trust_remote_code, ignore_mismatched_sizes=True, **kwargs
+        )
+    else:
+        config.hf_transfer_pooling = pooling
+        model = pooled_model_class(config).from_pretrained(model_dir, **kwargs)
+    if recipe.task == "multi-label-classification":
+        model.config.hf_transfer_threshold = recipe.data.threshold
+    return model
+
+
+def mark_pooled_for_export(model: PreTrainedModel) -> None:
+    """Point the config at the modeling file written beside the weights, so plain transformers can load it."""
+    model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_hf_transfer.{POOLED_MODEL_CLASS}"}
+
+
+def is_pooled(model: PreTrainedModel) -> bool:
+    return type(model).__name__ == POOLED_MODEL_CLASS
+
+
+def predict_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits for a batch, without the labels (the loss is the loop's business)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "length")}
+    return model(**inputs).logits
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Scores as the pipeline would report them: softmax, sigmoid (multi-label) or the raw value (regression)."""
+    if task == "multi-label-classification":
+        return torch.sigmoid(logits)
+    if task == "text-regression":
+        return logits.squeeze(-1)
+    return torch.softmax(logits, dim=-1)
