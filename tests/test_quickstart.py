@@ -11,9 +11,7 @@ from conftest import ROOT, python_env, recipe_yaml
 def _launch(args: list[str], tmp_path, extra_env: dict | None = None, timeout: int = 900):
     env = python_env(**(extra_env or {}))
     command = ["accelerate", "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run(
-        command + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout
-    )
+    result = subprocess.run(command + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -23,8 +21,18 @@ def test_offline_quickstart_on_real_minilm_and_bbc_news(tmp_path):
     """The README's quickstart, shortened (128 tokens, 2 epochs): real weights, real data, no network."""
     out = tmp_path / "bbc"
     _launch(
-        ["--num_processes", "1", "-m", "hf_transfer", "train", str(ROOT / "recipes/bbc-news-minilm-head.yaml"),
-         "data.max_length=128", "training.epochs=2", "--output-dir", str(out)],
+        [
+            "--num_processes",
+            "1",
+            "-m",
+            "hf_transfer",
+            "train",
+            str(ROOT / "recipes/bbc-news-minilm-head.yaml"),
+            "data.max_length=128",
+            "training.epochs=2",
+            "--output-dir",
+            str(out),
+        ],
         tmp_path,
     )
     metrics = json.loads((out / "metrics.json").read_text())
@@ -39,8 +47,13 @@ def test_offline_quickstart_on_real_minilm_and_bbc_news(tmp_path):
 
 
 def test_two_process_ddp_on_cpu_writes_once_and_scores_every_example_once(tmp_path, tiny_bert, sentiment_folder):
-    recipe = recipe_yaml(tmp_path / "r.yaml", tiny_bert, sentiment_folder, tmp_path / "ddp",
-                         training={"epochs": 2, "batch_size": 4, "eval_batch_size": 5})
+    recipe = recipe_yaml(
+        tmp_path / "r.yaml",
+        tiny_bert,
+        sentiment_folder,
+        tmp_path / "ddp",
+        training={"epochs": 2, "batch_size": 4, "eval_batch_size": 5},
+    )
     result = _launch(
         ["--multi_gpu", "--num_processes", "2", "-m", "hf_transfer", "train", str(recipe)],
         tmp_path,
@@ -62,7 +75,11 @@ def test_both_ranks_believing_they_are_main_is_refused(tmp_path, tiny_bert, sent
     env = python_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
     env.pop("ACCELERATE_USE_CPU", None)
     result = subprocess.run(
-        ["python", "-m", "hf_transfer", "train", str(recipe)], capture_output=True, text=True, env=env, timeout=300,
+        ["python", "-m", "hf_transfer", "train", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
         cwd=tmp_path,
     )
     assert result.returncode != 0

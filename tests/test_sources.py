@@ -1,4 +1,4 @@
-"""Sources: local folders, packaged mirrors, the user's mirror map, offline probing, and errors that say what was tried."""
+"""Sources: local folders, packaged mirrors, the user's mirror map, offline probing, errors saying what was tried."""
 
 import json
 
