@@ -55,6 +55,9 @@ def save(
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    # save_state has no closing barrier: every rank writes its own RNG-state file, and renaming the folder under a
+    # rank still writing would lose that file (or recreate a stray temporary folder).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record = {**asdict(state), "recipe_sha256": recipe.sha256()}
         (temporary / LOOP_STATE).write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -127,6 +127,10 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
+COUNTS = {"examples"}
+"""Entries of metrics.json that count rather than score: shown in the table, not reported as Hub metrics."""
+
+
 def _eval_results(metrics: dict, task: str | None, dataset: str) -> list[EvalResult]:
     return [
         EvalResult(
@@ -140,7 +144,7 @@ def _eval_results(metrics: dict, task: str | None, dataset: str) -> list[EvalRes
         for split, values in metrics.items()
         if split != "train" and isinstance(values, dict)
         for metric, value in values.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and metric not in COUNTS
     ]
 
 
@@ -176,9 +180,10 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 def _results(metrics: dict) -> str:
     splits = {s: v for s, v in metrics.items() if s != "train" and isinstance(v, dict)}
-    names = sorted({m for values in splits.values() for m in values})
+    names = sorted({m for values in splits.values() for m in values} - COUNTS)
     if not names:
         return ""
+    names += sorted({m for values in splits.values() for m in values} & COUNTS)
     rows = [[split, *(values.get(m, "") for m in names)] for split, values in splits.items()]
     return "## Results\n\n" + _table(["split", *names], rows)
 

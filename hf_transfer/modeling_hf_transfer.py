@@ -49,12 +49,13 @@ class PooledModelForSequenceClassification(PreTrainedModel):
             inputs["token_type_ids"] = token_type_ids
         hidden = getattr(self, BACKBONE_PREFIX)(**inputs).last_hidden_state
         logits = self.classifier(self.dropout(self.pool(hidden, attention_mask)))
-        loss = None
-        if labels is not None:
-            if self.config.problem_type == "regression":
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-            elif self.config.problem_type == "multi_label_classification":
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            else:
-                loss = nn.functional.cross_entropy(logits, labels)
+        loss = None if labels is None else self.loss_for(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def loss_for(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task's loss: MSE for regression, BCE per label for multi-label, cross-entropy otherwise."""
+        if self.config.problem_type == "regression":
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return nn.functional.cross_entropy(logits, labels)

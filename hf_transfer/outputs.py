@@ -34,7 +34,8 @@ class OutputDirError(RuntimeError):
 
 
 def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool) -> None:
-    """Never overwrite silently: a non-empty folder needs --overwrite (cleared) or --resume (continued)."""
+    """Never overwrite silently: a non-empty folder needs --overwrite or --resume. Nothing is deleted here: the
+    run calls `clear_output_dir` once its inputs have loaded, so a bad recipe or bad data leaves the old run whole."""
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"training.output_dir {str(path)!r} is a file, not a folder")
     existing = path.is_dir() and any(path.iterdir())
@@ -47,8 +48,6 @@ def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool
         raise OutputDirError(f"--resume: {str(path)!r} holds no earlier run to resume")
     if not is_main:
         return
-    if existing and overwrite and not resume:
-        shutil.rmtree(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -56,6 +55,17 @@ def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool
         probe.unlink()
     except OSError as error:
         raise OutputDirError(f"training.output_dir {str(path)!r} is not writable: {error.strerror}") from None
+
+
+def clear_output_dir(path: Path, *, is_main: bool) -> None:
+    """--overwrite: empty the folder of the previous run (its files and checkpoints), keeping the folder itself."""
+    if not is_main or not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def available_trackers(names: list[str]) -> list[str]:
@@ -76,6 +86,14 @@ def append_jsonl(path: Path, entry: dict[str, Any], is_main: bool) -> None:
     if is_main:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
+
+
+def rewrite_jsonl(path: Path, entries: list[dict[str, Any]], is_main: bool) -> None:
+    """Replace a JSON-lines file with `entries` (written to a temporary file, then renamed)."""
+    if is_main:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
+        os.replace(temporary, path)
 
 
 def package_versions() -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def check_safetensors(model_dir: Path, recipe: Recipe) -> None:
         return
     pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
     if pickles:
-        raise ValueError(
+        raise RecipeError(
             f"model {recipe.model!r} has only pickle weights ({', '.join(pickles)}); pickle can execute code on "
             "load. Convert it to safetensors, or set `allow_pickle: true` in the recipe if you trust the source."
         )
@@ -118,7 +118,7 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
         trust_remote_code=recipe.trust_remote_code,
     )
     if recipe.data.max_length > getattr(config, "max_position_embeddings", 10**9):
-        raise ValueError(
+        raise RecipeError(
             f"data.max_length = {recipe.data.max_length} exceeds the model's max_position_embeddings "
             f"({config.max_position_embeddings}); lower data.max_length"
         )

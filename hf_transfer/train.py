@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_scheduler
@@ -22,6 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import checkpoints, outputs
 from .data import prepare_data, tokenize_splits
+from .features import FeatureHead, can_use_cached_features, collate_features, feature_datasets
 from .metrics import compute_metrics, flat_scores
 from .recipe import Recipe
 from .sources import resolve_model
@@ -66,11 +67,21 @@ def _eval_split_name(splits: Any) -> str:
     return "test" if "test" in splits else "validation"
 
 
-def _make_loader(dataset: Any, batch_size: int, collator: Any, shuffle: bool, lengths: list[int] | None, seed: int):
+def _make_loader(
+    dataset: Any,
+    batch_size: int,
+    collator: Any,
+    shuffle: bool,
+    lengths: list[int] | None,
+    seed: int,
+    global_batch: int | None = None,
+):
     """Train batches grouped by length (less padding) in a seeded order; eval batches in dataset order."""
     generator = torch.Generator().manual_seed(seed)
     if shuffle and lengths is not None:
-        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        # Grouped by the global batch (all processes, one step): Accelerate deals consecutive per-device batches to
+        # the ranks, so N processes x B/N then see exactly the samples one process x B sees, in the same steps.
+        sampler = LengthGroupedSampler(global_batch or batch_size, lengths=lengths, generator=generator)
     elif shuffle:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
     else:
@@ -107,6 +118,30 @@ def _decide(scores: np.ndarray, task: str, threshold: float) -> np.ndarray:
     return scores.argmax(axis=-1)
 
 
+def _check_metric_for_best(recipe: Recipe, labels: list[Any], num_labels: int) -> None:
+    """A misspelt training.metric_for_best fails before anything trains or is cleared, not after the first epoch."""
+    name = recipe.training.metric_for_best
+    if name is None:
+        return
+    references = np.asarray(labels)
+    if recipe.task != "text-regression":
+        references = references.astype(int)
+    known = flat_scores(compute_metrics(recipe.task, references, references, num_labels))
+    if name not in known:
+        raise TrainingError(f"training.metric_for_best = {name!r} is not computed; choose from {sorted(known)}")
+
+
+def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Trackers take flat, primitive hyperparameters: `training.lr`, with lists and None as text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -141,12 +176,28 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     model = build_model(recipe, model_source.location, data.labels.id2label, pooling)
     model = apply_strategy(model, recipe)
     trainable, total = count_parameters(model)
+    # Only now that the recipe, data, model and strategy have all loaded: a bad input never costs the old run.
+    _check_metric_for_best(recipe, data.splits["validation"]["label"], len(data.labels.id2label))
+    if overwrite and not resume:
+        outputs.clear_output_dir(out, is_main=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
 
-    collator = DataCollatorWithPadding(tokenizer)
-    lengths = tokenized["train"]["length"] if t.group_by_length else None
-    tokenized = tokenized.remove_columns("length")
-    train_loader, train_generator = _make_loader(tokenized["train"], t.batch_size, collator, True, lengths, t.seed)
     eval_batch = t.eval_batch_size or t.batch_size * 2
+    full_model = model
+    if can_use_cached_features(model):
+        # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch;
+        # the loop below then trains the model's own classifier on the pooled features.
+        model.to(accelerator.device)
+        tokenized = feature_datasets(accelerator, model, tokenized, tokenizer, eval_batch)
+        model, collator, lengths = FeatureHead(model), collate_features, None
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+        lengths = tokenized["train"]["length"] if t.group_by_length else None
+        tokenized = tokenized.remove_columns("length")
+    global_batch = t.batch_size * accelerator.num_processes * t.grad_accum
+    train_loader, train_generator = _make_loader(
+        tokenized["train"], t.batch_size, collator, True, lengths, t.seed, global_batch
+    )
     eval_loaders = {
         name: _make_loader(tokenized[name], eval_batch, collator, False, None, t.seed)[0]
         for name in tokenized
@@ -162,7 +213,13 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / t.grad_accum)
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(t.warmup * total_steps) if t.warmup < 1 else int(t.warmup)
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    # Accelerate's prepared scheduler steps once per process on every optimizer step (it assumes a schedule sized for
+    # one process seeing every batch); DeepSpeed's engine steps it once. Sized in optimizer steps alone, the schedule
+    # of N processes would end after 1/N of the training, with the learning rate at zero for the rest.
+    ticks = 1 if accelerator.distributed_type == DistributedType.DEEPSPEED else accelerator.num_processes
+    scheduler = get_scheduler(
+        t.scheduler, optimizer, num_warmup_steps=warmup_steps * ticks, num_training_steps=total_steps * ticks
+    )
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
@@ -170,8 +227,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     state, restored_from = LoopState(), None
     if resume:
         state, restored_from = checkpoints.restore_latest(accelerator, out, recipe)
+        # A killed run may have logged evaluations after its newest checkpoint; they are redone from here, so the log
+        # restarts from the checkpoint's history instead of holding them twice.
+        outputs.rewrite_jsonl(out / "train_log.jsonl", state.history, accelerator.is_main_process)
     if accelerator.is_main_process:
-        accelerator.init_trackers("hf_transfer", config=recipe.model_dump(mode="json"))
+        accelerator.init_trackers("hf_transfer", config=_flat_config(recipe.model_dump(mode="json")))
 
     spec = TASKS[recipe.task]
     metric_name = t.metric_for_best or spec.metric_for_best
@@ -243,7 +303,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
                     scheduler.step()
                     optimizer.zero_grad()
                 state.step_in_epoch += 1
-                samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                samples_seen += len(batch["labels"]) * accelerator.num_processes
                 if accelerator.sync_gradients:
                     state.global_step += 1
                     progress.update(1)
@@ -306,7 +366,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         accelerator,
         out,
         recipe=recipe,
-        model=model,
+        model=model if full_model is accelerator.unwrap_model(model) else full_model,
         tokenizer=tokenizer,
         model_source=model_source,
         data=data,

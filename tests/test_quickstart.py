@@ -18,7 +18,7 @@ def _launch(args: list[str], tmp_path, extra_env: dict | None = None, timeout: i
 
 @pytest.mark.slow
 def test_offline_quickstart_on_real_minilm_and_bbc_news(tmp_path):
-    """The README's quickstart, shortened (128 tokens, 2 epochs): real weights, real data, no network."""
+    """The README's quickstart as shipped: real weights, real data, no network."""
     out = tmp_path / "bbc"
     _launch(
         [
@@ -36,7 +36,7 @@ def test_offline_quickstart_on_real_minilm_and_bbc_news(tmp_path):
         tmp_path,
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
+    assert metrics["test"]["accuracy"] >= 0.93, metrics["test"]
     assert metrics["test"]["examples"] == 213
     assert metrics["train"]["trainable_params"] == 384 * 5 + 5  # a linear head on mean-pooled 384-d features
     run = json.loads((out / "run.json").read_text())

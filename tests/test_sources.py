@@ -78,3 +78,10 @@ def test_module_function_source_is_recognised_only_in_that_form(tmp_path):
 def test_function_loader_that_does_not_exist_is_named():
     with pytest.raises(SourceError, match="cannot import module 'no_such_module_xyz'"):
         sources.load_function("no_such_module_xyz:load")
+
+
+def test_socket_guard_refuses_anything_but_loopback():
+    import socket
+
+    with pytest.raises(RuntimeError, match="tests must stay offline"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1: never routed, never contacted

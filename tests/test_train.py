@@ -44,7 +44,8 @@ def test_metrics_json_contract(full_run):
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test", "train"}
     for split in ("validation", "test"):
-        assert all(isinstance(v, float) for v in metrics[split].values())
+        assert all(isinstance(v, float) for k, v in metrics[split].items() if k != "examples")
+        assert metrics[split]["examples"] == 24
         assert {"accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro", "mcc"} <= set(metrics[split])
     train_info = metrics["train"]
     assert train_info["processes"] == 1 and train_info["strategy"] == "full"
@@ -158,6 +159,9 @@ def test_mean_pooled_head_loads_with_plain_transformers_without_hf_transfer(tmp_
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_hf_transfer.")
     assert (out / "modeling_hf_transfer.py").is_file()
+    # The head trained on cached features; the saved full model, run on text, scores the test split the same way.
+    cached = json.loads((out / "metrics.json").read_text())["test"]
+    assert evaluate_run(out, split="test")["accuracy"] == pytest.approx(cached["accuracy"])
     ours = predict_texts(load_run(out), ["a great film"])[0]["scores"]
     script = (
         "import sys, json; sys.modules['hf_transfer'] = None\n"  # prove the folder needs no hf_transfer

@@ -35,4 +35,4 @@ def compute_metrics(task: str, predictions: np.ndarray, references: np.ndarray, 
 
 def flat_scores(scores: dict[str, Any]) -> dict[str, float]:
     """Only the numbers, for metrics.json and trackers."""
-    return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+    return {k: v if isinstance(v, int) else float(v) for k, v in scores.items() if isinstance(v, int | float)}
