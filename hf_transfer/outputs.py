@@ -33,12 +33,16 @@ class OutputDirError(RuntimeError):
     """The output folder cannot be used without losing existing results."""
 
 
+WRITE_PROBE = ".hf_transfer-write-test"
+
+
 def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool) -> None:
     """Never overwrite silently: a non-empty folder needs --overwrite or --resume. Nothing is deleted here: the
     run calls `clear_output_dir` once its inputs have loaded, so a bad recipe or bad data leaves the old run whole."""
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"training.output_dir {str(path)!r} is a file, not a folder")
-    existing = path.is_dir() and any(path.iterdir())
+    # Every rank looks while the main process may already be probing the folder: its probe file is not a run.
+    existing = path.is_dir() and any(child.name != WRITE_PROBE for child in path.iterdir())
     if existing and not (overwrite or resume):
         raise OutputDirError(
             f"training.output_dir {str(path)!r} already holds files; pass --overwrite to replace them, "
@@ -50,7 +54,7 @@ def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool
         return
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / WRITE_PROBE
         probe.write_text("", encoding="utf-8")
         probe.unlink()
     except OSError as error:
