@@ -146,7 +146,7 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path,
     axis.set_yticks(range(len(names)), names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=10)
     if len(names) <= 20:
         for (row, column), value in np.ndenumerate(data):
             color = "white" if value > data.max() / 2 else "black"
@@ -245,7 +245,7 @@ def save_output_folder(
     }
     write_json_atomic(out / "run.json", run)
     if details.get("confusion_matrix"):
-        title = f"{hub_id} · {recipe.strategy.kind} · {eval_split}"
+        title = f"{hub_id}\n{recipe.strategy.kind} · {eval_split} split"
         plot_confusion_matrix(details["confusion_matrix"], names, out / "confusion_matrix.png", title)
     from .hub import write_model_card
 
