@@ -48,9 +48,15 @@ def load_run(folder: str | Path) -> LoadedRun:
     if not (folder / "config.json").is_file() or not (folder / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a finished hf_transfer output folder (no config.json / recipe.yaml)")
     recipe = load_recipe(folder / "recipe.yaml")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, trust_remote_code=_trusts_own_architecture(folder), use_safetensors=True
-    )
+    trusted = _trusts_own_architecture(folder)
+    if not trusted and "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
+        # transformers would quietly load its own class for this model_type instead, with a different head.
+        raise ValueError(
+            f"{folder} needs its own model code (auto_map in config.json), and its run.json does not show "
+            "hf_transfer wrote it, so that code is not run. Load it yourself with trust_remote_code=True "
+            "only if you trust where it came from."
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trusted, use_safetensors=True)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
