@@ -57,8 +57,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from .inference import load_run, predict_texts, read_texts
 
+    transformers_logging.disable_progress_bar()  # the output is the predictions, not a loading bar
     run = load_run(args.output_dir)
     texts = list(args.texts)
     if args.file:
