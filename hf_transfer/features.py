@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from datasets import Dataset, DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
@@ -14,9 +20,21 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .sources import file_sha256
+from .strategies import StrategyError
 from .tasks import is_pooled
 
+if TYPE_CHECKING:
+    from .recipe import HeadConfig, Recipe
+    from .sources import Resolved
+
 logger = logging.getLogger(__name__)
+
+FEATURE_CACHE_ENV = "HF_TRANSFER_FEATURE_CACHE"
+CACHE_FORMAT = 1
+"""Bumped whenever what a cached file holds changes, so older files stop matching any key."""
+FEATURE_LAYER = "last_hidden_state"
+"""The backbone output the head pools; part of the key so another layer can never be served from this one."""
 
 
 def can_use_cached_features(model: nn.Module) -> bool:
@@ -53,8 +71,16 @@ def extract_features(
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     not_inputs = [c for c in ("labels", "label", "length") if c in dataset.column_names]
     ordered = dataset.select(order).remove_columns(not_inputs)
+    # Its own generator: iterating a loader draws a seed, and from the global RNG that would shift every dropout
+    # mask after it, so a run whose features came from the cache would train differently from one that computed them.
     loader = accelerator.prepare(
-        DataLoader(ordered, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer), shuffle=False)
+        DataLoader(
+            ordered,
+            batch_size=batch_size,
+            collate_fn=DataCollatorWithPadding(tokenizer),
+            shuffle=False,
+            generator=torch.Generator(),
+        )
     )
     backbone = getattr(model, model.base_model_prefix)
     pooled_model = accelerator.unwrap_model(model)
@@ -69,16 +95,243 @@ def extract_features(
     return restored
 
 
+def feature_cache_root(setting: str | bool | None) -> Path | None:
+    """Where features are cached: `strategy.feature_cache` (a folder, or false for none), else the environment
+    variable $HF_TRANSFER_FEATURE_CACHE (the same), else <HF_HOME>/hf_transfer/features."""
+    if setting is None or setting is True:
+        env = os.environ.get(FEATURE_CACHE_ENV, "").strip()
+        if env.lower() in {"0", "false", "no", "off", "none"}:
+            return None
+        if env:
+            return Path(env).expanduser()
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HOME) / "hf_transfer" / "features"
+    return None if setting is False else Path(setting).expanduser()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """What decides the token ids: vocabulary, normalizer, pre-tokenizer, special tokens, truncation side. The
+    truncation/padding state the backend keeps from its last call is left out: it changes without changing the
+    tokenizer (max_length is a key of its own)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        tree = json.loads(backend.to_str())
+        tree.pop("truncation", None)
+        tree.pop("padding", None)
+    else:
+        tree = {"vocab": tokenizer.get_vocab()}
+    tree["class"] = type(tokenizer).__name__
+    tree["truncation_side"] = getattr(tokenizer, "truncation_side", "right")
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def model_digest(model_source: Resolved) -> dict[str, Any]:
+    """The weights' identity: the Hub commit when one served them, else the hashes of the weight and config files
+    (a local folder may be retrained in place under the same name)."""
+    record = {k: v for k, v in model_source.record.items() if k != "files"}
+    if record.get("revision"):
+        return record
+    folder = Path(model_source.location)
+    files = dict(model_source.record.get("files") or {})
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]:
+        if path.is_file() and path.name not in files:
+            files[path.name] = file_sha256(path)
+    return {**record, "files": files}
+
+
+def text_digest(split: Dataset) -> str:
+    """The split's texts, in order. Labels are left out: features do not depend on them, so relabelled data (or
+    another label mapping) reuses the features and takes its labels from the data."""
+    columns = [c for c in ("text", "text_pair") if c in split.column_names]
+    digest = hashlib.sha256(json.dumps(columns).encode())
+    for column in columns:
+        digest.update(json.dumps(list(split[column])).encode())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Per-split pooled features on disk: `<root>/<model>/<split>-<key hash>.safetensors` and a JSON sidecar with
+    the full key and the file's sha256. The sidecar is written last, so it vouches for a complete file."""
+
+    def __init__(self, root: Path, key: dict[str, Any], texts: dict[str, str]):
+        self.root = root
+        self.key = key
+        self.texts = texts
+
+    @classmethod
+    def for_run(
+        cls,
+        recipe: Recipe,
+        model_source: Resolved,
+        tokenizer: Any,
+        pooling: str,
+        splits: DatasetDict,
+        model: nn.Module,
+    ) -> FeatureCache | None:
+        """The cache for this run's features, or None when `strategy.feature_cache` (or the environment) is off."""
+        root = feature_cache_root(recipe.strategy.feature_cache)
+        if root is None:
+            return None
+        key = {
+            "format": CACHE_FORMAT,
+            "model": model_source.hub_id,
+            "model_source": model_digest(model_source),
+            "layer": FEATURE_LAYER,
+            "pooling": pooling,
+            "max_length": recipe.data.max_length,
+            "tokenizer": tokenizer_digest(tokenizer),
+            "dtype": str(next(model.parameters()).dtype),
+        }
+        return cls(root, key, {name: text_digest(split) for name, split in splits.items()})
+
+    def split_key(self, split: str) -> dict[str, Any]:
+        return {**self.key, "split": split, "texts": self.texts[split]}
+
+    def paths(self, split: str) -> tuple[Path, Path]:
+        digest = hashlib.sha256(json.dumps(self.split_key(split), sort_keys=True).encode()).hexdigest()[:32]
+        folder = self.root / self.key["model"].replace("/", "--")
+        stem = f"{split}-{digest}"
+        return folder / f"{stem}.safetensors", folder / f"{stem}.json"
+
+    def load(self, split: str, rows: int) -> torch.Tensor | None:
+        """The cached features, or None on a miss; a file that is truncated, altered or mismatched counts as a
+        miss (and is rebuilt by the caller), never as features."""
+        path, sidecar = self.paths(split)
+        if not sidecar.is_file():
+            logger.info("feature cache miss: split %r (%s)", split, path)
+            return None
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+            if record.get("key") != self.split_key(split):
+                problem = "its key differs"
+            else:
+                blob = path.read_bytes()
+                features = None
+                if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
+                    problem = "checksum mismatch"
+                else:
+                    features = safetensors.torch.load(blob)["features"]
+                    problem = "" if features.ndim == 2 and len(features) == rows else f"{len(features)} rows"
+                if features is not None and not problem:
+                    logger.info("feature cache hit: split %r, %d x %d from %s", split, *features.shape, path)
+                    return features
+        except (OSError, ValueError, KeyError, safetensors.SafetensorError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        logger.warning("feature cache: %s is unusable (%s); rebuilding it", path, problem)
+        return None
+
+    def store(self, split: str, features: torch.Tensor) -> None:
+        """Write atomically (temporary file, then rename); a cache that cannot be written is only a warning."""
+        path, sidecar = self.paths(split)
+        blob = safetensors.torch.save({"features": features.contiguous()})
+        record = {"key": self.split_key(split), "sha256": hashlib.sha256(blob).hexdigest()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for target, data in ((path, blob), (sidecar, json.dumps(record, indent=2).encode())):
+                temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                temporary.write_bytes(data)
+                os.replace(temporary, target)
+        except OSError as error:
+            logger.warning("feature cache: cannot write %s (%s); continuing without caching", path, error)
+            return
+        logger.info("feature cache: stored split %r, %d x %d in %s", split, *features.shape, path)
+
+
+def _cached_on_every_rank(accelerator: Accelerator, cache: FeatureCache, split: str, rows: int) -> torch.Tensor | None:
+    """The main process vets the file first; the others read it only on its word, and all agree on the outcome."""
+    features = cache.load(split, rows) if accelerator.is_main_process else None
+    if accelerator.num_processes == 1:
+        return features
+    flag = torch.tensor([int(features is not None)], device=accelerator.device)
+    if not int(broadcast(flag, from_process=0).item()):
+        return None
+    if not accelerator.is_main_process:
+        features = cache.load(split, rows)
+    loaded = accelerator.gather(torch.tensor([int(features is not None)], device=accelerator.device))
+    return features if bool(loaded.all()) else None
+
+
 def feature_datasets(
-    accelerator: Accelerator, model: nn.Module, tokenized: DatasetDict, tokenizer: Any, batch_size: int
+    accelerator: Accelerator,
+    model: nn.Module,
+    tokenized: DatasetDict,
+    tokenizer: Any,
+    batch_size: int,
+    cache: FeatureCache | None = None,
 ) -> DatasetDict:
-    """Every split as `features` + `labels`, computed once with the frozen backbone."""
+    """Every split as `features` + `labels`, computed once with the frozen backbone, or read from the cache."""
     splits = {}
     for name, split in tokenized.items():
-        features = extract_features(accelerator, model, split, tokenizer, batch_size, f"features: {name}")
+        features = _cached_on_every_rank(accelerator, cache, name, len(split)) if cache else None
+        if features is None:
+            features = extract_features(accelerator, model, split, tokenizer, batch_size, f"features: {name}")
+            logger.info("computed %d feature vectors for split %r", len(split), name)
+            if cache is not None and accelerator.is_main_process:
+                cache.store(name, features)
         splits[name] = Dataset.from_dict({"features": features.numpy(), "labels": split["label"]})
-        logger.info("computed %d feature vectors for split %r", len(split), name)
+    accelerator.wait_for_everyone()  # only the main process writes the cache; the others wait for it
     return DatasetDict(splits).with_format("torch")
+
+
+def fit_logistic_head(
+    accelerator: Accelerator,
+    classifier: nn.Linear,
+    train_split: Dataset,
+    head: HeadConfig,
+    class_weight: dict[int, float] | None = None,
+) -> dict[str, float]:
+    """Multinomial logistic regression on the train features with L-BFGS (scikit-learn), C chosen by stratified
+    cross-validation on train only, written into the model's own linear classifier. Dropout before it is the
+    identity in eval mode, so the saved model computes exactly the fitted probabilities."""
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    rows = train_split[:]
+    features, labels = rows["features"].double().numpy(), rows["labels"].numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    missing = sorted(set(range(classifier.out_features)) - set(classes.tolist()))
+    if missing:
+        raise StrategyError(f"strategy.head.type 'lbfgs': label ids {missing} have no training rows to fit")
+    # One BLAS thread: beside torch's OpenMP workers, OpenBLAS threads fight for the same cores (measured on 2 busy
+    # cores: 180 s for a 5-fold search that takes 3.6 s single-threaded).
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        # scikit-learn's defaults shift between releases (penalty, l1_ratios, scoring); the choices here are explicit.
+        warnings.simplefilter("ignore", FutureWarning)
+        if isinstance(head.C, float):
+            model = LogisticRegression(C=head.C, max_iter=head.max_iter, class_weight=class_weight)
+            model.fit(features, labels)
+            chosen, how = head.C, "given"
+        else:
+            folds = min(head.cv_folds, int(counts.min()))
+            if folds < 2:
+                raise StrategyError("strategy.head.C: a class has a single training row; give one C, not a grid")
+            model = LogisticRegressionCV(
+                Cs=head.C or 10,
+                cv=StratifiedKFold(folds),
+                scoring="neg_log_loss",
+                max_iter=head.max_iter,
+                class_weight=class_weight,
+            )
+            model.fit(features, labels)
+            chosen, how = float(np.ravel(model.C_)[0]), f"{folds}-fold cross-validation on train"
+    weight = torch.as_tensor(model.coef_, dtype=torch.float64)
+    bias = torch.as_tensor(model.intercept_, dtype=torch.float64)
+    if len(classes) == 2:
+        # scikit-learn keeps one row for two classes: P(1) = sigmoid(z) = softmax([0, z])[1], exactly.
+        weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
+    with torch.no_grad():
+        classifier.weight.copy_(weight.to(classifier.weight))
+        classifier.bias.copy_(bias.to(classifier.bias))
+        # Every rank fitted the same data; rank 0's fit is made the one fit, bit for bit.
+        for parameter in classifier.parameters():
+            parameter.copy_(broadcast(parameter.detach().clone(), from_process=0))
+    logger.info("lbfgs head: C = %.4g (%s)", chosen, how)
+    return {"C": chosen}
 
 
 def collate_features(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

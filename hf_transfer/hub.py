@@ -310,6 +310,9 @@ def public_recipe_text(output_dir: Path) -> str:
         data["source"] = dataset.get("id") or Path(str(data["source"])).name
     if data.get("files"):
         data["files"] = {split: Path(str(f)).name for split, f in data["files"].items()}
+    strategy = recipe.get("strategy") or {}
+    if isinstance(strategy.get("feature_cache"), str):
+        strategy["feature_cache"] = None  # a local cache folder means nothing elsewhere
     training = recipe.get("training") or {}
     if "output_dir" in training:
         training["output_dir"] = f"outputs/{Path(str(training['output_dir'])).name}"

@@ -17,7 +17,8 @@ BACKBONE_PREFIX = "bert"
 
 
 class PooledModelForSequenceClassification(PreTrainedModel):
-    """Encoder → pooling (`config.hf_transfer_pooling`: mean | cls) → dropout → linear classifier."""
+    """Encoder → pooling (`config.hf_transfer_pooling`: mean | cls) → dropout → classifier: linear, or with one
+    hidden layer when `config.hf_transfer_head_hidden` gives its width."""
 
     config_class = getattr(transformers, BACKBONE_CONFIG_CLASS)
     base_model_prefix = BACKBONE_PREFIX
@@ -31,7 +32,16 @@ class PooledModelForSequenceClassification(PreTrainedModel):
         setattr(self, BACKBONE_PREFIX, backbone)
         dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        hidden = getattr(config, "hf_transfer_head_hidden", None)
+        if hidden:
+            self.classifier = nn.Sequential(
+                nn.Linear(config.hidden_size, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, config.num_labels),
+            )
+        else:
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -14,6 +14,7 @@ TaskName = Literal["text-classification", "multi-label-classification", "text-re
 StrategyName = Literal["head", "partial", "lora", "full"]
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
 PoolingName = Literal["cls", "mean", "pooler"]
+HeadType = Literal["linear", "mlp", "lbfgs"]
 
 
 class RecipeError(ValueError):
@@ -56,6 +57,41 @@ class DataConfig(_Section):
         return files
 
 
+class HeadConfig(_Section):
+    type: HeadType = "linear"
+    """`linear`: one linear layer; `mlp`: one hidden layer; `lbfgs`: multinomial logistic regression fitted with
+    L-BFGS on the cached features (`kind: head` only), its C chosen by cross-validation on train."""
+    hidden: int | None = Field(default=None, gt=0)
+    """`mlp`: width of the hidden layer (default: the backbone's hidden size)."""
+    C: float | list[float] | None = None
+    """`lbfgs`: inverse regularisation strength. One number is used as is; a list is the grid searched by
+    stratified cross-validation on train; default: 10 values log-spaced from 1e-4 to 1e4."""
+    cv_folds: int = Field(default=5, ge=2)
+    """`lbfgs`: folds of the stratified cross-validation on train that chooses C."""
+    max_iter: int = Field(default=1000, gt=0)
+    """`lbfgs`: L-BFGS iterations per fit."""
+
+    @field_validator("C")
+    @classmethod
+    def _positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list; give one C or several")
+        if any(v <= 0 for v in values):
+            raise ValueError("C must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_the_type(self) -> HeadConfig:
+        if self.hidden is not None and self.type != "mlp":
+            raise ValueError(f"'strategy.head.hidden' applies to type 'mlp' only, not {self.type!r}")
+        defaults = HeadConfig.model_fields
+        for name in ("C", "cv_folds", "max_iter"):
+            if getattr(self, name) != defaults[name].default and self.type != "lbfgs":
+                raise ValueError(f"'strategy.head.{name}' applies to type 'lbfgs' only, not {self.type!r}")
+        return self
+
+
 class StrategyConfig(_Section):
     kind: StrategyName = "lora"
     pooling: PoolingName | None = None
@@ -69,11 +105,33 @@ class StrategyConfig(_Section):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] | None = None
     """LoRA targets; default per architecture (all linear layers of the encoder)."""
+    unfreeze_every: int | None = Field(default=None, gt=0)
+    """Gradual unfreezing (`partial`, `lora`, `full`): the head trains from the first epoch, then one more layer,
+    top down, every N epochs; what sits below the layers (embeddings) comes last."""
+    warmup_head_epochs: int | None = Field(default=None, gt=0)
+    """LP-FT (`partial`, `lora`, `full` with `pooling: mean | cls`): train the head for N epochs on frozen pooled
+    features first, then fine-tune with the chosen strategy from that head."""
+    warmup_head_lr: float = Field(default=1e-3, gt=0)
+    """Learning rate of the head warm-up (`warmup_head_epochs`)."""
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    """The classifier on top of the (pooled) backbone: linear, mlp or lbfgs."""
+    feature_cache: str | bool | None = None
+    """`head` on pooled features: where features are cached on disk. A folder, `false` for no cache; default
+    $HF_TRANSFER_FEATURE_CACHE, else <HF_HOME>/hf_transfer/features."""
 
     @model_validator(mode="after")
     def _layers_only_for_partial(self) -> StrategyConfig:
         if self.layers is not None and self.kind != "partial":
             raise ValueError(f"'layers' applies to kind 'partial' only, not {self.kind!r}")
+        for name in ("unfreeze_every", "warmup_head_epochs"):
+            if getattr(self, name) is not None and self.kind == "head":
+                raise ValueError(f"'strategy.{name}' applies to kinds 'partial', 'lora' and 'full', not 'head'")
+        # Compared with the default, not "was it set": a saved recipe.yaml spells out every default.
+        lr_default = StrategyConfig.model_fields["warmup_head_lr"].default
+        if self.warmup_head_lr != lr_default and not self.warmup_head_epochs:
+            raise ValueError("'strategy.warmup_head_lr' is used only with 'strategy.warmup_head_epochs'")
+        if self.head.type == "lbfgs" and self.kind != "head":
+            raise ValueError(f"'strategy.head.type' 'lbfgs' fits frozen features: kind 'head' only, not {self.kind!r}")
         return self
 
 
@@ -103,6 +161,28 @@ class TrainingConfig(_Section):
     """Accelerate trackers, e.g. [tensorboard]; only those installed are used."""
     max_train_samples: int | None = Field(default=None, gt=0)
     max_eval_samples: int | None = Field(default=None, gt=0)
+    layer_lr_decay: float | None = Field(default=None, gt=0, le=1)
+    """Layer-wise learning-rate decay (`partial`, `lora`, `full`): the head and the top layer train at `lr`, each
+    layer below at ×decay of the one above, the embeddings lowest."""
+    class_weights: Literal["balanced", "none"] | dict[str, float] = "none"
+    """Single-label classification: weight each class's loss. `balanced` = rows / (classes × rows of the class) on
+    the train split; or {label name: weight}, unnamed labels weighing 1."""
+    balanced_sampler: bool = False
+    """Single-label classification: draw training rows with every class equally likely (with replacement, as many
+    rows per epoch as train holds), instead of grouping by length."""
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _known_weights(cls, value: Any) -> Any:
+        if value is None:
+            return "none"
+        if isinstance(value, dict):
+            bad = [name for name, weight in value.items() if not isinstance(weight, int | float) or not weight > 0]
+            if bad:
+                raise ValueError(f"the weight of {bad[0]!r} must be a number > 0")
+        elif value not in ("balanced", "none"):
+            raise ValueError("use 'balanced', 'none' or a mapping {label name: weight}")
+        return value
 
 
 class HubConfig(_Section):
@@ -131,7 +211,9 @@ class Recipe(_Section):
 
     def sha256(self) -> str:
         """Hash of what determines the trained model: the resolved recipe less where it is written and published."""
-        tree = self.model_dump(mode="json", exclude={"hub": True, "training": {"output_dir"}})
+        # Where features are cached changes nothing the run computes, so moving the cache never blocks a resume.
+        exclude = {"hub": True, "training": {"output_dir"}, "strategy": {"feature_cache"}}
+        tree = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 

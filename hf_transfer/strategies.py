@@ -9,6 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .recipe import Recipe
+from .tasks import is_pooled
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,34 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def parameter_depths(model: nn.Module) -> dict[str, int]:
+    """Every parameter's depth below the top, in layers (see `encoder_layers`): 0 for the head and whatever follows
+    the stack, d for the d-th layer from the top (1 = the top layer), L + 1 for what precedes the stack
+    (embeddings). Registration order tells what precedes from what follows."""
+    stack_name, stack = encoder_layers(model)
+    heads = head_module_names(model)
+    depths, after_stack = {}, False
+    for name, _ in model.named_parameters():
+        if name.startswith(stack_name + "."):
+            depths[name] = len(stack) - int(name[len(stack_name) + 1 :].split(".", 1)[0])
+            after_stack = True
+        elif after_stack or any(name.startswith(head + ".") for head in heads):
+            depths[name] = 0
+        else:
+            depths[name] = len(stack) + 1
+    return depths
+
+
+def unfreeze_schedule(model: nn.Module, recipe: Recipe) -> dict[str, int] | None:
+    """`strategy.unfreeze_every` N: the epoch from which each trainable parameter trains — the head from 0, the top
+    layer from N, the next one down from 2N, ... None when every parameter trains from the start."""
+    every = recipe.strategy.unfreeze_every
+    if not every:
+        return None
+    depths = parameter_depths(model)
+    return {name: depths[name] * every for name, p in model.named_parameters() if p.requires_grad}
+
+
 def _freeze_all_but(model: nn.Module, trainable_prefixes: list[str]) -> None:
     for name, parameter in model.named_parameters():
         parameter.requires_grad = any(name == p or name.startswith(p + ".") for p in trainable_prefixes)
@@ -54,6 +83,11 @@ def _freeze_all_but(model: nn.Module, trainable_prefixes: list[str]) -> None:
 
 def apply_head(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
     """Feature extraction: the backbone is frozen, only the head trains."""
+    if recipe.strategy.head.type == "lbfgs" and recipe.task != "text-classification":
+        raise StrategyError(
+            f"strategy.head.type 'lbfgs' fits single-label classification, not task {recipe.task!r}; "
+            "use 'linear' or 'mlp'"
+        )
     _freeze_all_but(model, head_module_names(model))
     return model
 
@@ -113,6 +147,12 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, Recipe], nn.Module]] = {
 
 def apply_strategy(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
     """The only strategy-dependent step: returns the model with exactly the chosen parameters trainable."""
+    if recipe.training.layer_lr_decay and recipe.strategy.kind == "head":
+        raise StrategyError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
+    if recipe.strategy.warmup_head_epochs and not is_pooled(model):
+        raise StrategyError(
+            "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"
+        )
     model = STRATEGIES[recipe.strategy.kind](model, recipe)
     trainable, total = count_parameters(model)
     logger.info("strategy %s: %s of %s parameters trainable", recipe.strategy.kind, f"{trainable:,}", f"{total:,}")

@@ -123,12 +123,19 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
             f"({config.max_position_embeddings}); lower data.max_length"
         )
     kwargs: dict[str, Any] = {"config": config, "use_safetensors": not recipe.allow_pickle or None}
+    if pooling == "pooler" and recipe.strategy.head.type != "linear":
+        raise RecipeError(
+            f"strategy.head.type = {recipe.strategy.head.type!r} needs the project's pooled head: set "
+            "strategy.pooling to 'mean' or 'cls' (the architecture's own 'pooler' head is linear)"
+        )
     if pooling == "pooler":
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, trust_remote_code=recipe.trust_remote_code, ignore_mismatched_sizes=True, **kwargs
         )
     else:
         config.hf_transfer_pooling = pooling
+        if recipe.strategy.head.type == "mlp":
+            config.hf_transfer_head_hidden = recipe.strategy.head.hidden or config.hidden_size
         model = pooled_model_class(config).from_pretrained(model_dir, **kwargs)
     if recipe.task == "multi-label-classification":
         model.config.hf_transfer_threshold = recipe.data.threshold

@@ -14,19 +14,33 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import DistributedType, set_seed
-from torch.utils.data import DataLoader, SequentialSampler
+from accelerate.utils import DistributedType, broadcast, set_seed
+from datasets import DatasetDict
+from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import checkpoints, outputs
 from .data import prepare_data, tokenize_splits
-from .features import FeatureHead, can_use_cached_features, collate_features, feature_datasets
+from .features import (
+    FeatureCache,
+    FeatureHead,
+    can_use_cached_features,
+    collate_features,
+    feature_datasets,
+    fit_logistic_head,
+)
 from .metrics import compute_metrics, flat_scores
-from .recipe import Recipe
+from .recipe import Recipe, TrainingConfig
 from .sources import resolve_model
-from .strategies import apply_strategy, count_parameters, keep_frozen_norms_in_eval
+from .strategies import (
+    apply_strategy,
+    count_parameters,
+    keep_frozen_norms_in_eval,
+    parameter_depths,
+    unfreeze_schedule,
+)
 from .tasks import TASKS, build_model, choose_pooling, load_tokenizer, probabilities
 
 logger = logging.getLogger(__name__)
@@ -75,10 +89,14 @@ def _make_loader(
     lengths: list[int] | None,
     seed: int,
     global_batch: int | None = None,
+    sample_weights: list[float] | None = None,
 ):
-    """Train batches grouped by length (less padding) in a seeded order; eval batches in dataset order."""
+    """Train batches grouped by length (less padding) or drawn by sample weight, in a seeded order; eval batches in
+    dataset order."""
     generator = torch.Generator().manual_seed(seed)
-    if shuffle and lengths is not None:
+    if shuffle and sample_weights is not None:
+        sampler = WeightedRandomSampler(sample_weights, len(sample_weights), replacement=True, generator=generator)
+    elif shuffle and lengths is not None:
         # Grouped by the global batch (all processes, one step): Accelerate deals consecutive per-device batches to
         # the ranks, so N processes x B/N then see exactly the samples one process x B sees, in the same steps.
         sampler = LengthGroupedSampler(global_batch or batch_size, lengths=lengths, generator=generator)
@@ -131,6 +149,120 @@ def _check_metric_for_best(recipe: Recipe, labels: list[Any], num_labels: int) -
         raise TrainingError(f"training.metric_for_best = {name!r} is not computed; choose from {sorted(known)}")
 
 
+def _class_weights(recipe: Recipe, train_labels: list[int], id2label: dict[int, str]) -> torch.Tensor | None:
+    """`training.class_weights` as one loss weight per label id; None when the loss is unweighted."""
+    setting = recipe.training.class_weights
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = np.bincount(train_labels, minlength=len(id2label))
+        weights = len(train_labels) / (len(id2label) * np.maximum(counts, 1))  # scikit-learn's "balanced"
+    else:
+        unknown = sorted(set(setting) - set(id2label.values()))
+        if unknown:
+            raise TrainingError(
+                f"training.class_weights names {unknown[0]!r}, not a label; labels: {sorted(id2label.values())}"
+            )
+        weights = [setting.get(id2label[i], 1.0) for i in range(len(id2label))]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _balanced_sample_weights(train_labels: list[int]) -> list[float]:
+    """Each row drawn with probability 1 / (classes × rows of its class): every class equally likely."""
+    counts = np.bincount(train_labels)
+    return (1.0 / counts[np.asarray(train_labels)]).tolist()
+
+
+def _check_options(recipe: Recipe, accelerator: Accelerator) -> None:
+    """Options that depend on the task or the launch fail before anything trains or is cleared."""
+    for key, used in (
+        ("class_weights", recipe.training.class_weights != "none"),
+        ("balanced_sampler", recipe.training.balanced_sampler),
+    ):
+        if used and recipe.task != "text-classification":
+            raise TrainingError(f"training.{key} applies to single-label classification, not task {recipe.task!r}")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if recipe.strategy.unfreeze_every and sharded:
+        raise TrainingError("strategy.unfreeze_every is not supported under FSDP or DeepSpeed yet; launch with DDP")
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with a weight per class: the weighted row losses summed, over the sum of the rows' weights."""
+    return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weight)
+
+
+def optimizer_groups(model: torch.nn.Module, t: TrainingConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters: biases and norms without weight decay, and with
+    `training.layer_lr_decay` one learning rate per depth (strategies.parameter_depths): lr × decay^(depth − 1), so
+    the head and the top layer train at lr and the embeddings lowest."""
+    depths = parameter_depths(model) if t.layer_lr_decay else {}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        depth, decayed = depths.get(name, 0), parameter.ndim >= 2  # biases and norms are not decayed
+        lr = t.lr * (t.layer_lr_decay or 1.0) ** max(depth - 1, 0)
+        group = groups.setdefault((depth, not decayed), {"params": [], "weight_decay": 0.0, "lr": lr})
+        group["weight_decay"] = t.weight_decay if decayed else 0.0
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _not_yet_unfrozen(model: torch.nn.Module, unfreeze_at: dict[str, int] | None, epoch: int) -> list[Any]:
+    """Gradual unfreezing: the parameters whose turn has not come. They stay trainable, so DDP wraps and all-reduces
+    them from the start and the optimizer holds them; dropping their gradients before each step means AdamW neither
+    moves, decays nor keeps moments for them until their epoch."""
+    if not unfreeze_at:
+        return []
+    waiting = [p for name, p in model.named_parameters() if unfreeze_at.get(name, 0) > epoch]
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "epoch %d: %d of %d trainable tensors train (strategy.unfreeze_every)",
+        epoch,
+        trainable - len(waiting),
+        trainable,
+    )
+    return waiting
+
+
+def _warm_up_head(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    train_split: Any,
+    tokenizer: Any,
+    batch_size: int,
+    cache: FeatureCache | None,
+    recipe: Recipe,
+    class_weight: torch.Tensor | None,
+) -> None:
+    """LP-FT: train the head alone on frozen pooled features (computed once, or read from the feature cache), so
+    fine-tuning starts from a head that fits instead of a random one whose gradients would distort the backbone."""
+    s, t = recipe.strategy, recipe.training
+    pooled = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: B = 0, the base model
+    pooled.to(accelerator.device)
+    features = feature_datasets(accelerator, pooled, DatasetDict({"train": train_split}), tokenizer, batch_size, cache)
+    rows = features["train"][:]
+    x, y = rows["features"].to(accelerator.device), rows["labels"].to(accelerator.device)
+    head = FeatureHead(pooled)
+    optimizer = torch.optim.AdamW(
+        [p for p in head.parameters() if p.requires_grad], lr=s.warmup_head_lr, weight_decay=t.weight_decay
+    )
+    generator = torch.Generator().manual_seed(t.seed)
+    head.train()
+    for _ in range(s.warmup_head_epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(t.batch_size):
+            output = head(x[batch], y[batch])
+            loss = output.loss if class_weight is None else weighted_loss(output.logits, y[batch], class_weight)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    with torch.no_grad():
+        # Every rank ran the same steps on the same features; rank 0's head becomes everyone's, bit for bit.
+        for parameter in head.parameters():
+            parameter.copy_(broadcast(parameter.detach().clone(), from_process=0))
+    logger.info("head warm-up: %d epochs on frozen features, last loss %.4f", s.warmup_head_epochs, loss.item())
+
+
 def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Trackers take flat, primitive hyperparameters: `training.lr`, with lists and None as text."""
     flat: dict[str, Any] = {}
@@ -178,25 +310,42 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     trainable, total = count_parameters(model)
     # Only now that the recipe, data, model and strategy have all loaded: a bad input never costs the old run.
     _check_metric_for_best(recipe, data.splits["validation"]["label"], len(data.labels.id2label))
+    _check_options(recipe, accelerator)
+    train_labels = list(data.splits["train"]["label"])
+    class_weight = _class_weights(recipe, train_labels, data.labels.id2label)
+    class_weight = None if class_weight is None else class_weight.to(accelerator.device)
     if overwrite and not resume:
         outputs.clear_output_dir(out, is_main=accelerator.is_main_process)
     accelerator.wait_for_everyone()
 
     eval_batch = t.eval_batch_size or t.batch_size * 2
-    full_model = model
+    full_model, fitted_head = model, None
+    uses_features = recipe.strategy.warmup_head_epochs or can_use_cached_features(model)
+    cache = (
+        FeatureCache.for_run(recipe, model_source, tokenizer, pooling, data.splits, model) if uses_features else None
+    )
+    if recipe.strategy.warmup_head_epochs and not resume:  # a resumed run restores its warmed-up head
+        _warm_up_head(accelerator, model, tokenized["train"], tokenizer, eval_batch, cache, recipe, class_weight)
     if can_use_cached_features(model):
         # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch;
         # the loop below then trains the model's own classifier on the pooled features.
         model.to(accelerator.device)
-        tokenized = feature_datasets(accelerator, model, tokenized, tokenizer, eval_batch)
+        tokenized = feature_datasets(accelerator, model, tokenized, tokenizer, eval_batch, cache)
         model, collator, lengths = FeatureHead(model), collate_features, None
+        if recipe.strategy.head.type == "lbfgs":
+            # Fitted in one go, so the epoch loop below has nothing left to do.
+            weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))
+            fitted_head = fit_logistic_head(
+                accelerator, model.classifier, tokenized["train"], recipe.strategy.head, weights
+            )
     else:
         collator = DataCollatorWithPadding(tokenizer)
         lengths = tokenized["train"]["length"] if t.group_by_length else None
         tokenized = tokenized.remove_columns("length")
     global_batch = t.batch_size * accelerator.num_processes * t.grad_accum
+    sample_weights = _balanced_sample_weights(train_labels) if t.balanced_sampler else None
     train_loader, train_generator = _make_loader(
-        tokenized["train"], t.batch_size, collator, True, lengths, t.seed, global_batch
+        tokenized["train"], t.batch_size, collator, True, lengths, t.seed, global_batch, sample_weights
     )
     eval_loaders = {
         name: _make_loader(tokenized[name], eval_batch, collator, False, None, t.seed)[0]
@@ -204,12 +353,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         if name != "train"
     }
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in parameters if p.ndim >= 2]
-    no_decay = [p for p in parameters if p.ndim < 2]  # biases and norms are not decayed
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
-    )
+    optimizer = torch.optim.AdamW(optimizer_groups(model, t), lr=t.lr)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / t.grad_accum)
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(t.warmup * total_steps) if t.warmup < 1 else int(t.warmup)
@@ -233,6 +377,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     if accelerator.is_main_process:
         accelerator.init_trackers("hf_transfer", config=_flat_config(recipe.model_dump(mode="json")))
 
+    unfreeze_at = unfreeze_schedule(accelerator.unwrap_model(model), recipe)
     spec = TASKS[recipe.task]
     metric_name = t.metric_for_best or spec.metric_for_best
     num_labels = len(data.labels.id2label)
@@ -275,35 +420,44 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     def save_checkpoint() -> None:
         checkpoints.save(accelerator, out, recipe, state, best_weights, t.save_total_limit)
 
+    epochs = t.epochs
+    if fitted_head:  # an L-BFGS head is fitted already: score it once (the log's one entry) and train no epochs
+        run_evaluation(0)
+        epochs = 0
     progress = tqdm(
         total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process, desc="train"
     )
     try:
-        for epoch in range(state.epoch, t.epochs):
+        for epoch in range(state.epoch, epochs):
             model.train()
             keep_frozen_norms_in_eval(model)
             # Re-seeded per epoch so the batch order is the same whether or not the run was resumed.
             train_generator.manual_seed(t.seed + epoch)
+            waiting = _not_yet_unfrozen(accelerator.unwrap_model(model), unfreeze_at, epoch)
             loader = train_loader
             if state.step_in_epoch:
                 loader = skip_first_batches(train_loader, state.step_in_epoch)
             tick = time.perf_counter()
             for batch in loader:
+                labels = batch["labels"]
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    output = model(**batch)
+                    loss = output.loss if class_weight is None else weighted_loss(output.logits, labels, class_weight)
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingError(
                             f"loss is {loss.item()} at epoch {epoch}, step {state.global_step}; stopping. The last "
                             f"good checkpoint stays in {out / 'checkpoints'}. Lower training.lr, or check the data."
                         )
                     accelerator.backward(loss)
+                    for parameter in waiting:  # gradual unfreezing: not this parameter's epoch yet
+                        parameter.grad = None
                     if accelerator.sync_gradients and t.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
                 state.step_in_epoch += 1
-                samples_seen += len(batch["labels"]) * accelerator.num_processes
+                samples_seen += len(labels) * accelerator.num_processes
                 if accelerator.sync_gradients:
                     state.global_step += 1
                     progress.update(1)
@@ -357,6 +511,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         "trainable_params": trainable,
         "total_params": total,
         "strategy": recipe.strategy.kind,
+        "head": recipe.strategy.head.type,
+        **{f"head_{k}": v for k, v in (fitted_head or {}).items()},
         "epochs_run": len({h["epoch"] for h in state.history}),
         "best_epoch": state.best_epoch,
         "steps": state.global_step,

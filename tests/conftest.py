@@ -171,3 +171,20 @@ def python_env(**extra: str) -> dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in sys.path if p])
     return env
+
+
+def run_two_ranks(tmp_path: Path, job: str, recipe: Path, out: Path) -> None:
+    """Run a job of tests/two_ranks.py under `accelerate launch` in two CPU processes (real gloo DDP)."""
+    import subprocess
+
+    with socket.socket() as probe:  # a free port: another launch on this machine may hold accelerate's default
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--main_process_port", str(port)]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "two_ranks.py")]
+    env = python_env(ACCELERATE_USE_CPU="1")
+    result = subprocess.run(
+        command + [job, str(recipe), str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
