@@ -68,12 +68,11 @@ def minilm_path() -> Path:
     return Path(get_model_path())
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer, saved like a Hub checkpoint."""
+def save_tiny_bert(folder: Path, **config_overrides) -> Path:
+    """A 2-layer, 32-wide random BERT (seeded) with the real MiniLM tokenizer, saved like a Hub checkpoint."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -82,13 +81,18 @@ def tiny_bert(tmp_path_factory) -> Path:
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=128,
+        **config_overrides,
     )
-    import torch
-
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """The tiny BERT every logic test trains."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 POSITIVE = ["great", "wonderful", "superb", "delightful", "excellent", "moving", "brilliant", "charming"]

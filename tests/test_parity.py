@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
-from conftest import ROOT, minilm_path, python_env, recipe_yaml
+from conftest import ROOT, python_env, recipe_yaml, save_tiny_bert
 from safetensors.torch import load_file
 
 from hf_transfer.recipe import load_recipe
@@ -50,24 +50,8 @@ def test_a_remainder_batch_is_padded_with_repeated_samples_under_two_ranks():
 @pytest.fixture(scope="module")
 def dropout_free_bert(tmp_path_factory) -> Path:
     """The tiny BERT of conftest without dropout: per-rank dropout masks can never match one process's masks."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     folder = tmp_path_factory.mktemp("bert-no-dropout")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.mark.slow
