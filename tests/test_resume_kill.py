@@ -155,3 +155,36 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     weights = load_file(str(newest / "model.safetensors"))
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
     assert not (out / "model.safetensors").exists()  # no final model from a broken run
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path, tiny_bert):
+    """SIGINT mid-epoch: the run exits with 130 after checkpointing the step it reached (resume: tests above)."""
+    from conftest import sentiment_rows
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", sentiment_rows(3000, 1))  # batch 1: the first epoch lasts minutes
+    write_csv(data / "validation.csv", sentiment_rows(24, 2))
+    out = tmp_path / "out"
+    recipe = recipe_yaml(tmp_path / "r.yaml", tiny_bert, data, out, training={"epochs": 2, "batch_size": 1})
+    log = tmp_path / "run.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            ["python", "-m", "hf_transfer", "train", str(recipe)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=python_env(),
+            cwd=tmp_path,
+        )
+    deadline = time.monotonic() + 300
+    while "train:" not in log.read_text() and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(2)  # a few optimizer steps into the first epoch
+    assert not checkpoint_dirs(out), "a checkpoint existed before the interrupt"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    saved = checkpoint_dirs(out)
+    assert len(saved) == 1
+    state = json.loads((saved[0] / LOOP_STATE).read_text())
+    assert state["epoch"] == 0 and state["global_step"] == state["step_in_epoch"] > 0
