@@ -118,3 +118,21 @@ def test_retraining_updates_the_repo_and_an_unchanged_republish_commits_nothing(
     assert not _files_holding(out, local_hub.token)
     for repo in local_hub.repos.values():
         assert not [path for c in repo.history for path, data in c.files.items() if local_hub.token.encode() in data]
+
+
+@pytest.mark.slow
+def test_two_process_run_publishes_exactly_once(local_hub, tmp_path, tiny_bert, sentiment_folder):
+    """Under real 2-process DDP only the main process pushes: one publish commit, one Space commit."""
+    out = tmp_path / "out"
+    recipe = recipe_yaml(
+        tmp_path / "recipe.yaml", tiny_bert, sentiment_folder, out, hub={"repo_id": REPO, "space": SPACE}
+    )
+    env = {**hub_env(local_hub, tmp_path), "ACCELERATE_USE_CPU": "1"}
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_transfer", "train", str(recipe)]
+    proc = subprocess.run(launch, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("published ") == 1
+    assert len(local_hub.commits(REPO)) == 2  # the Hub's creation commit + one publish
+    assert len(local_hub.commits(SPACE, "space")) == 2
+    assert json.loads((out / "metrics.json").read_text())["train"]["processes"] == 2
