@@ -169,6 +169,19 @@ def make_recipe(tmp_path, tiny_bert, sentiment_folder):
     return make
 
 
+ACCELERATE_CPU_LAUNCH = [
+    "accelerate",
+    "launch",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+"""`accelerate launch` as the tests use it: one machine, no mixed precision, no compilation (add processes, -m ...)."""
+
+
 def python_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: offline, with the repository importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_TRANSFER_")}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
-from conftest import ROOT, python_env, recipe_yaml, save_tiny_bert
+from conftest import ACCELERATE_CPU_LAUNCH, ROOT, python_env, recipe_yaml, save_tiny_bert
 from safetensors.torch import load_file
 
 from hf_transfer.recipe import load_recipe
@@ -68,16 +68,11 @@ def test_two_process_run_matches_one_process_run_at_the_same_global_batch(
     )
     one = train(load_recipe(recipe))
     command = [
-        "accelerate",
-        "launch",
+        *ACCELERATE_CPU_LAUNCH,
         "--config_file",
         str(ROOT / "recipes" / "accelerate" / "multi-gpu.yaml"),  # the shipped config, on CPU
         "--num_processes",
         "2",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
         "-m",
         "hf_transfer",
         "train",

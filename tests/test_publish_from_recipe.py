@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import recipe_yaml
+from conftest import ACCELERATE_CPU_LAUNCH, recipe_yaml
 from hub_server import LocalHub, hub_env, run_client
 
 from hf_transfer.inference import load_run, predict_texts
@@ -128,8 +128,7 @@ def test_two_process_run_publishes_exactly_once(local_hub, tmp_path, tiny_bert, 
         tmp_path / "recipe.yaml", tiny_bert, sentiment_folder, out, hub={"repo_id": REPO, "space": SPACE}
     )
     env = {**hub_env(local_hub, tmp_path), "ACCELERATE_USE_CPU": "1"}
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_transfer", "train", str(recipe)]
+    launch = [*ACCELERATE_CPU_LAUNCH, "--multi_gpu", "--num_processes", "2", "-m", "hf_transfer", "train", str(recipe)]
     proc = subprocess.run(launch, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("published ") == 1

@@ -5,13 +5,14 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT, python_env, recipe_yaml
+from conftest import ACCELERATE_CPU_LAUNCH, ROOT, python_env, recipe_yaml
 
 
 def _launch(args: list[str], tmp_path, extra_env: dict | None = None, timeout: int = 900):
     env = python_env(**(extra_env or {}))
-    command = ["accelerate", "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run(command + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+    result = subprocess.run(
+        ACCELERATE_CPU_LAUNCH + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 

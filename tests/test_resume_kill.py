@@ -11,28 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import python_env, recipe_yaml, write_csv
+from conftest import ACCELERATE_CPU_LAUNCH, python_env, recipe_yaml, write_csv
 from safetensors.torch import load_file
 
 from hf_transfer.checkpoints import LOOP_STATE, checkpoint_dirs
 from hf_transfer.recipe import load_recipe
 from hf_transfer.train import TrainingError, train
 
-LAUNCH = [
-    "accelerate",
-    "launch",
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "-m",
-    "hf_transfer",
-    "train",
-]
+LAUNCH = [*ACCELERATE_CPU_LAUNCH, "--num_processes", "1", "-m", "hf_transfer", "train"]
 EVAL_EVERY, STEPS_PER_EPOCH, EPOCHS = 6, 12, 4  # 96 training rows in batches of 8
 
 
