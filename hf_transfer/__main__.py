@@ -2,8 +2,10 @@
 
 Commands:
     train RECIPE [key.path=value ...] [--output-dir DIR] [--overwrite | --resume]
+    advise RECIPE [key.path=value ...] [--output-dir DIR] [--sample N] [--write-recipe PATH] [--pilot]
+    compare RECIPE [key.path=value ...] [--strategies head,partial:2,lora,full] [--output-dir DIR] [--overwrite]
     evaluate OUTPUT_DIR [--split test | --file more.csv]
-    predict OUTPUT_DIR "text" ... [--file in.csv] [--json]
+    predict OUTPUT_DIR "text" ... | IMAGE_FILE ... [--file in.csv] [--json]
     publish OUTPUT_DIR --repo-id me/name [--space me/name-demo] [--private] [--merge] [--exist-ok]
     demo OUTPUT_DIR_OR_REPO
     recipes | schema | doctor

@@ -11,10 +11,10 @@ from pathlib import Path
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_arguments(parser: argparse.ArgumentParser, output_help: str = "overrides training.output_dir") -> None:
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=3e-5 strategy.kind=lora")
-    parser.add_argument("--output-dir", help="overrides training.output_dir")
+    parser.add_argument("--output-dir", help=output_help)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -48,6 +48,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .advise import advise
+
+    report = advise(
+        args.recipe,
+        args.overrides,
+        output_dir=args.output_dir,
+        sample=args.sample,
+        write_recipe=args.write_recipe,
+        pilot=args.pilot,
+    )
+    if report is not None:  # the main process
+        rec = report["recommendation"]
+        print(f"recommended: {rec['spec']}")
+        for reason in rec["reasons"]:
+            print(f"  - {reason}")
+        written = f"; recipe: {args.write_recipe}" if args.write_recipe else ""
+        print(f"report: {Path(report['output_dir']) / 'advise.md'}{written}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, winner
+
+    results = compare(
+        args.recipe, args.strategies, args.overrides, output_dir=args.output_dir, overwrite=args.overwrite
+    )
+    if results is not None:  # the main process
+        keys = ("strategy", "accuracy", "macro_f1", "trainable_params", "wall_s", "peak_mem_mb")
+        print(
+            json.dumps(
+                {"winner": winner(results)["strategy"], "results": [{k: r[k] for k in keys} for r in results]},
+                indent=2,
+            )
+        )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import evaluate_run
 
@@ -59,17 +97,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from .inference import load_run, predict_texts, read_texts
+    from .inference import load_run, predict_inputs, read_texts
+    from .tasks import is_image_task
 
     transformers_logging.disable_progress_bar()  # the output is the predictions, not a loading bar
     run = load_run(args.output_dir)
     texts = list(args.texts)
+    image = is_image_task(run.recipe.task)
     if args.file:
-        texts += read_texts(Path(args.file), run.recipe.data.text_column)
+        column = run.recipe.data.image_column if image else run.recipe.data.text_column
+        texts += read_texts(Path(args.file), column)
     if not texts:
-        print("error: give texts as arguments or --file", file=sys.stderr)
+        print(f"error: give {'image files' if image else 'texts'} as arguments or --file", file=sys.stderr)
         return 2
-    results = predict_texts(run, texts)
+    results = predict_inputs(run, texts)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -164,16 +205,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=cmd_train)
 
+    advise = commands.add_parser(
+        "advise", help="measure the data and probe each layer, then recommend a strategy (writes advise.json/.md)"
+    )
+    _add_recipe_arguments(advise, "where advise.json and advise.md go (default: beside the recipe's output folder)")
+    advise.add_argument("--sample", type=int, default=2000, help="training rows to measure and probe (default 2000)")
+    advise.add_argument("--write-recipe", metavar="PATH", help="write the recommended recipe to this YAML file")
+    advise.add_argument(
+        "--pilot", action="store_true", help="also train each candidate strategy for one epoch on the sample"
+    )
+    advise.set_defaults(run=cmd_advise)
+
+    compare = commands.add_parser(
+        "compare", help="train several strategies under one budget; write results.json/.md and plots"
+    )
+    _add_recipe_arguments(
+        compare, "the comparison folder, one run folder per strategy in it (default: <output>-compare)"
+    )
+    compare.add_argument(
+        "--strategies",
+        default="head,partial:2,lora,full",
+        help="comma-separated: head, partial:N, lora, lora:R, full, each optionally @LR (default: %(default)s)",
+    )
+    compare.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison")
+    compare.set_defaults(run=cmd_compare)
+
     evaluate = commands.add_parser("evaluate", help="score a trained output folder on a split or a labelled file")
     evaluate.add_argument("output_dir")
     evaluate.add_argument("--split", default="test", help="split of the recipe's data (default: test)")
     evaluate.add_argument("--file", help="a labelled csv/tsv/json file with the recipe's columns")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="predict labels for texts with a trained output folder")
+    predict = commands.add_parser("predict", help="predict labels for texts or images with a trained output folder")
     predict.add_argument("output_dir")
-    predict.add_argument("texts", nargs="*", help="texts to classify")
-    predict.add_argument("--file", help="a .txt file (one text per line) or a table with a text column")
+    predict.add_argument("texts", nargs="*", help="texts to classify (image files, for an image model)")
+    predict.add_argument(
+        "--file", help="a .txt file (one text or image path per line) or a table with the text/image column"
+    )
     predict.add_argument("--json", action="store_true", help='print [{"label": ..., "scores": {...}}, ...]')
     predict.set_defaults(run=cmd_predict)
 
@@ -230,3 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """A launched command (train, compare, advise) ends its process group once, after every training in it."""
+    if "accelerate" not in sys.modules:
+        return
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state:  # only when a run set the state up; never create it just to tear it down
+        PartialState().destroy_process_group()

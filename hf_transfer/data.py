@@ -320,6 +320,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         )
     else:
         source = resolve_dataset_source(recipe.data.source)
+    if recipe.task == "image-classification":
+        return _prepare_image_data(recipe, source)
     try:
         raw, notes = _load_raw(recipe, source)
     except FileNotFoundError as error:
@@ -339,15 +341,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         train, validation = _stratified_split(rest, 1 / 9, seed, stratify=True)
         splits = DatasetDict({"train": train, "validation": validation, "test": test})
 
-    if "train" not in splits:
-        raise DataError(f"{recipe.data.source!r} has no 'train' split (found: {sorted(splits)})")
-    for name in list(splits):
-        if len(splits[name]) == 0:
-            raise DataError(f"split {name!r} of {recipe.data.source!r} is empty")
-        if name != "train" and _is_unlabelled(splits[name]):
-            logger.warning("split %r has no labels (GLUE-style -1); it is not scored", name)
-            labels.unscored_splits.append(name)
-            del splits[name]
+    _drop_unscored_splits(splits, recipe, labels, "is empty")
 
     if recipe.task == "text-regression":
         labels.id2label = {0: "score"}
@@ -368,11 +362,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         splits["train"], splits["validation"] = train, validation
         logger.info("no validation split: held out %d training rows (seeded, stratified)", len(validation))
 
-    if recipe.training.max_train_samples:
-        splits["train"] = _head(splits["train"], recipe.training.max_train_samples, seed)
-    if recipe.training.max_eval_samples:
-        for name in [n for n in splits if n != "train"]:
-            splits[name] = _head(splits[name], recipe.training.max_eval_samples, seed)
+    _limit_samples(splits, recipe)
     if not classification:
         labels.id2label = {0: "score"}
     digest = hashlib.sha256()
@@ -380,6 +370,59 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         # In-memory datasets get random fingerprints; hash the contract's content so the record is reproducible.
         digest.update(name.encode())
         digest.update(json.dumps(splits[name].to_dict(), sort_keys=True).encode())
+    return PreparedData(DatasetDict(splits), labels, source, digest.hexdigest()[:16])
+
+
+def _drop_unscored_splits(splits: DatasetDict, recipe: Recipe, labels: LabelInfo, empty: str) -> None:
+    """A train split is required, no split may be empty, and splits without labels (GLUE's -1) are not scored."""
+    if "train" not in splits:
+        raise DataError(f"{recipe.data.source!r} has no 'train' split (found: {sorted(splits)})")
+    for name in list(splits):
+        if len(splits[name]) == 0:
+            raise DataError(f"split {name!r} of {recipe.data.source!r} {empty}")
+        if name != "train" and _is_unlabelled(splits[name]):
+            logger.warning("split %r has no labels (GLUE-style -1); it is not scored", name)
+            labels.unscored_splits.append(name)
+            del splits[name]
+
+
+def _limit_samples(splits: DatasetDict, recipe: Recipe) -> None:
+    """`training.max_train_samples` / `max_eval_samples`: seeded subsets, for quick runs."""
+    t = recipe.training
+    if t.max_train_samples:
+        splits["train"] = _head(splits["train"], t.max_train_samples, t.seed)
+    if t.max_eval_samples:
+        for name in [n for n in splits if n != "train"]:
+            splits[name] = _head(splits[name], t.max_eval_samples, t.seed)
+
+
+def _prepare_image_data(recipe: Recipe, source: Resolved) -> PreparedData:
+    """The image contract: `image` (decoded lazily) + `label` ids; unreadable and excluded files skipped, counted."""
+    from .images import encode_image_labels, image_fingerprint, load_image_splits
+
+    try:
+        splits, notes = load_image_splits(recipe, source)
+    except FileNotFoundError as error:
+        raise DataError(f"data file not found: {error.filename or error}") from None
+    labels = LabelInfo(id2label={}, skipped=dict(notes))
+    _drop_unscored_splits(splits, recipe, labels, "has no readable images")
+    names = _label_names(recipe, splits["train"])
+    if len(names) < 2:
+        raise DataError(f"train split has a single class ({names}); classification needs at least two")
+    labels.id2label = dict(enumerate(names))
+    splits = encode_image_labels(splits, recipe, names)
+    if len(set(splits["train"]["label"])) < 2:
+        raise DataError("train split has a single class")
+    seed = recipe.training.seed
+    if "validation" not in splits:
+        train, validation = _stratified_split(splits["train"], recipe.data.validation_fraction, seed, True)
+        splits["train"], splits["validation"] = train, validation
+        logger.info("no validation split: held out %d training images (seeded, stratified)", len(validation))
+    _limit_samples(splits, recipe)
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        digest.update(name.encode())
+        image_fingerprint(splits[name], digest)
     return PreparedData(DatasetDict(splits), labels, source, digest.hexdigest()[:16])
 
 

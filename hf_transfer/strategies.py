@@ -35,10 +35,26 @@ def head_module_names(model: nn.Module) -> list[str]:
     return found
 
 
-def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """What a "layer" is: the blocks of the backbone's longest stack of repeated modules — BERT's `encoder.layer`,
-    DistilBERT's `transformer.layer`, GPT-style `h`/`layers`. Counting goes from the top (output side)."""
-    best: tuple[str, nn.ModuleList] | None = None
+STACK_NAMES = ("layer", "layers", "blocks", "stages", "h")
+"""Names of a backbone's stack of repeated blocks: BERT/ViT `encoder.layer`, ResNet/ConvNeXt `encoder.stages`, timm
+`blocks`, GPT `h`, Llama `layers`."""
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, nn.Module]:
+    """What a "layer" is: one block of the backbone's stack of repeated blocks, counted from the top (output side).
+    The stack is the outermost ModuleList/Sequential with a stack name (`STACK_NAMES`): BERT's and ViT's
+    `encoder.layer` (a transformer layer), ResNet's and ConvNeXt's `encoder.stages` (a stage of residual blocks),
+    timm EfficientNet's `blocks` (a stage of 1–4 inverted-residual blocks). Otherwise the longest ModuleList."""
+    named = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList | nn.Sequential)
+        and len(module) > 1
+        and name.rsplit(".", 1)[-1] in STACK_NAMES
+    ]
+    if named:
+        return min(named, key=lambda item: item[0].count("."))
+    best: tuple[str, nn.Module] | None = None
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 and not name.endswith(HEAD_MODULE_NAMES):
             if best is None or len(module) > len(best[1]):
@@ -93,13 +109,15 @@ def apply_head(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
 
 
 def apply_partial(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
-    """Unlock the last N layers of the backbone (+ the head); N = strategy.layers."""
+    """Unlock the last N layers of the backbone, what sits above them (ViT's final norm, EfficientNet's conv_head) and
+    the head; N = strategy.layers. Depths as `parameter_depths` counts them."""
     count = recipe.strategy.layers or DEFAULT_PARTIAL_LAYERS
-    stack_name, stack = encoder_layers(model)
+    _, stack = encoder_layers(model)
     if count > len(stack):
         raise StrategyError(f"strategy.layers = {count} but {recipe.model!r} has only {len(stack)} layers")
-    unlocked = [f"{stack_name}.{i}" for i in range(len(stack) - count, len(stack))]
-    _freeze_all_but(model, unlocked + head_module_names(model))
+    depths = parameter_depths(model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = depths[name] <= count
     return model
 
 
@@ -111,16 +129,24 @@ def apply_lora(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
     targets = strategy.target_modules or "all-linear"
     heads = sorted({name.rsplit(".", 1)[-1] for name in head_module_names(model)})
     if isinstance(targets, list):
-        linear_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear_names)]
+        adaptable = {n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in adaptable)]
         if unmatched:
-            examples = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
+            examples = sorted({n.rsplit(".", 1)[-1] for n in adaptable})
             raise StrategyError(
-                f"strategy.target_modules {unmatched} match no linear layer of {recipe.model!r}; "
-                f"linear layer names: {examples}"
+                f"strategy.target_modules {unmatched} match no linear or convolution layer of {recipe.model!r}; "
+                f"their names: {examples}"
             )
+    if targets == "all-linear" and not _linear_outside_head(model):
+        # A convolutional backbone (ResNet, EfficientNet) has no linear layer but its classifier: adapt its 1×1
+        # convolutions, which carry most of its weights (PEFT's LoRA handles Conv2d).
+        targets = _pointwise_convolutions(model)  # full names: a 3×3 convolution may share a 1×1 one's leaf name
+        if not targets:
+            raise StrategyError(f"{recipe.model!r} has no linear or 1×1 convolution layers for LoRA")
+    image_model = "pixel_values" in getattr(model, "main_input_name", "") or recipe.task == "image-classification"
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        # The sequence-classification wrapper feeds input_ids; an image model takes pixel_values as they come.
+        task_type=None if image_model else TaskType.SEQ_CLS,
         r=strategy.r,
         lora_alpha=strategy.alpha or 2 * strategy.r,
         lora_dropout=strategy.dropout,
@@ -128,6 +154,26 @@ def apply_lora(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
         modules_to_save=heads,
     )
     return get_peft_model(model, config)
+
+
+def _linear_outside_head(model: nn.Module) -> bool:
+    heads = head_module_names(model)
+    return any(
+        isinstance(m, nn.Linear) and not any(n == h or n.startswith(h + ".") for h in heads)
+        for n, m in model.named_modules()
+    )
+
+
+def _pointwise_convolutions(model: nn.Module) -> list[str]:
+    heads = head_module_names(model)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+        and not any(name == h or name.startswith(h + ".") for h in heads)
+    ]
 
 
 def apply_full(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:

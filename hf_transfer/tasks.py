@@ -38,7 +38,15 @@ TASKS: dict[str, TaskSpec] = {
         "multi_label_classification", "text-classification", "f1_macro", True, "text-classification"
     ),
     "text-regression": TaskSpec("regression", "text-classification", "mse", False, "text-classification"),
+    "image-classification": TaskSpec(
+        "single_label_classification", "image-classification", "accuracy", True, "image-classification"
+    ),
 }
+IMAGE_TASKS = frozenset({"image-classification"})
+
+
+def is_image_task(task: str) -> bool:
+    return task in IMAGE_TASKS
 
 
 def sentence_transformers_pooling(model_dir: Path) -> str | None:
@@ -56,6 +64,8 @@ def sentence_transformers_pooling(model_dir: Path) -> str | None:
 
 def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
     """`pooler` means the architecture's own head; `mean`/`cls` use the project's pooled classifier."""
+    if is_image_task(recipe.task) and not recipe.strategy.pooling:
+        return "pooler"  # an image model's own global pooling
     if recipe.strategy.pooling:
         return recipe.strategy.pooling
     if recipe.strategy.kind == "head":
@@ -89,6 +99,11 @@ def pooled_model_class(config: Any) -> type[PreTrainedModel]:
 
 
 def load_tokenizer(model_dir: str, recipe: Recipe) -> Any:
+    """The model's preprocessor: its tokenizer, or for an image task its image processor (resize, normalise)."""
+    if is_image_task(recipe.task):
+        from .images import load_image_processor
+
+        return load_image_processor(model_dir, recipe)
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.trust_remote_code)
 
 
@@ -117,6 +132,8 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
         problem_type=spec.problem_type,
         trust_remote_code=recipe.trust_remote_code,
     )
+    if is_image_task(recipe.task):
+        return _build_image_model(recipe, model_dir, config, pooling)
     if recipe.data.max_length > getattr(config, "max_position_embeddings", 10**9):
         raise RecipeError(
             f"data.max_length = {recipe.data.max_length} exceeds the model's max_position_embeddings "
@@ -140,6 +157,28 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
     if recipe.task == "multi-label-classification":
         model.config.hf_transfer_threshold = recipe.data.threshold
     return model
+
+
+def _build_image_model(recipe: Recipe, model_dir: str, config: Any, pooling: str) -> PreTrainedModel:
+    """Any image-classification checkpoint (transformers' own, or timm's through TimmWrapper) with a new head."""
+    from transformers import AutoModelForImageClassification
+
+    if recipe.strategy.head.type != "linear" or pooling != "pooler":
+        raise RecipeError(
+            "image models train their own classifier on their own pooling: strategy.head.type must be 'linear' and "
+            f"strategy.pooling unset (got head.type {recipe.strategy.head.type!r}, pooling {pooling!r})"
+        )
+    if getattr(config, "model_type", None) == "timm_wrapper":
+        from .images import require_timm
+
+        require_timm(recipe.model)
+    return AutoModelForImageClassification.from_pretrained(
+        model_dir,
+        config=config,
+        trust_remote_code=recipe.trust_remote_code,
+        ignore_mismatched_sizes=True,  # the pretrained head (ImageNet's 1,000 classes) is replaced
+        use_safetensors=not recipe.allow_pickle or None,
+    )
 
 
 def mark_pooled_for_export(model: PreTrainedModel) -> None:

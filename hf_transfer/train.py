@@ -31,6 +31,7 @@ from .features import (
     feature_datasets,
     fit_logistic_head,
 )
+from .images import collate_images, transformed_splits
 from .metrics import compute_metrics, flat_scores
 from .recipe import Recipe, TrainingConfig
 from .sources import resolve_model
@@ -41,7 +42,7 @@ from .strategies import (
     parameter_depths,
     unfreeze_schedule,
 )
-from .tasks import TASKS, build_model, choose_pooling, load_tokenizer, probabilities
+from .tasks import TASKS, build_model, choose_pooling, is_image_task, load_tokenizer, probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,30 @@ class LoopState:
     best_epoch: int | None = None
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+CPU_THREADS_ENV = "HF_TRANSFER_CPU_THREADS"
+"""Threads per CPU process; by default each process of an `accelerate launch` gets its share of the cores."""
+
+
+def _use_the_cpu_cores(accelerator: Accelerator) -> None:
+    """`accelerate launch` without `--cpu` (the usual command on a machine without a GPU) starts every process with
+    OMP_NUM_THREADS=1: one process then trains on one core however many there are (measured here: SST-2 encoding
+    took 62 s instead of 44 s on 2 cores). Give each CPU process its share of the cores instead, unless
+    $HF_TRANSFER_CPU_THREADS names a number."""
+    if accelerator.device.type != "cpu":
+        return
+    if os.environ.get(CPU_THREADS_ENV, "").strip():
+        threads = int(os.environ[CPU_THREADS_ENV])
+    elif "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        threads = max(1, cores // max(local, 1))
+    else:
+        return
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info("CPU: %d threads per process (%s to change)", threads, CPU_THREADS_ENV)
 
 
 def _check_single_main(accelerator: Accelerator) -> None:
@@ -179,7 +204,7 @@ def _check_options(recipe: Recipe, accelerator: Accelerator) -> None:
         ("class_weights", recipe.training.class_weights != "none"),
         ("balanced_sampler", recipe.training.balanced_sampler),
     ):
-        if used and recipe.task != "text-classification":
+        if used and recipe.task not in ("text-classification", "image-classification"):
             raise TrainingError(f"training.{key} applies to single-label classification, not task {recipe.task!r}")
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if recipe.strategy.unfreeze_every and sharded:
@@ -296,14 +321,19 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    _use_the_cpu_cores(accelerator)
     set_seed(t.seed)
 
     # Downloads and dataset caches are written once, by the main process, then read by the others.
     with accelerator.main_process_first():
         model_source = resolve_model(recipe.model, recipe.model_revision)
         data = prepare_data(recipe)
-        tokenizer = load_tokenizer(model_source.location, recipe)
-        tokenized = tokenize_splits(data.splits, tokenizer, recipe.data.max_length)
+        tokenizer = load_tokenizer(model_source.location, recipe)  # an image processor for image tasks
+        if is_image_task(recipe.task):
+            # Images are decoded and transformed lazily, batch by batch; the train transform augments per epoch.
+            tokenized, augment = transformed_splits(data.splits, tokenizer, recipe)
+        else:
+            tokenized, augment = tokenize_splits(data.splits, tokenizer, recipe.data.max_length), None
     pooling = choose_pooling(recipe, Path(model_source.location))
     model = build_model(recipe, model_source.location, data.labels.id2label, pooling)
     model = apply_strategy(model, recipe)
@@ -338,6 +368,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
             fitted_head = fit_logistic_head(
                 accelerator, model.classifier, tokenized["train"], recipe.strategy.head, weights
             )
+    elif augment is not None:
+        collator, lengths = collate_images, None
     else:
         collator = DataCollatorWithPadding(tokenizer)
         lengths = tokenized["train"]["length"] if t.group_by_length else None
@@ -433,6 +465,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
             keep_frozen_norms_in_eval(model)
             # Re-seeded per epoch so the batch order is the same whether or not the run was resumed.
             train_generator.manual_seed(t.seed + epoch)
+            if augment is not None:
+                augment.epoch = epoch  # each epoch draws new crops, the same ones on a rerun or resume
             waiting = _not_yet_unfrozen(accelerator.unwrap_model(model), unfreeze_at, epoch)
             loader = train_loader
             if state.step_in_epoch:
@@ -516,6 +550,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         "epochs_run": len({h["epoch"] for h in state.history}),
         "best_epoch": state.best_epoch,
         "steps": state.global_step,
+        # Rows and files the data loading left out (empty texts, unreadable or excluded images), by reason.
+        **{f"skipped_{reason}": count for reason, count in sorted(data.labels.skipped.items()) if count},
     }
     accelerator.wait_for_everyone()
     outputs.save_output_folder(
@@ -532,7 +568,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         eval_split=eval_name,
         eval_predictions=eval_predictions,
     )
-    accelerator.end_training()
+    # Trackers are finished here, but the process group is left up (end_training() would destroy it): compare and
+    # advise run several trainings in one launch, and the command line ends the group once, on its way out.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
@@ -55,13 +56,12 @@ def load_classifier(model_id: str) -> tuple[Any, dict]:
 
     # An adapter repo ships the fine-tuned label config; the base model supplies everything else.
     base_id = PeftConfig.from_pretrained(model_id).base_model_name_or_path
-    labels = {
-        "id2label": {int(i): label for i, label in config["id2label"].items()},
-        "label2id": config["label2id"],
-        "problem_type": config.get("problem_type"),
-    }
+    # Parsed, not raw: a timm model's config keeps its labels as `label_names`, which AutoConfig turns into id2label.
+    parsed = AutoConfig.from_pretrained(model_id)
+    labels = {"id2label": parsed.id2label, "label2id": parsed.label2id, "problem_type": parsed.problem_type}
     auto_model = AutoModelForImageClassification if is_image else AutoModelForSequenceClassification
-    base = auto_model.from_pretrained(base_id, use_safetensors=True, **labels)
+    # The base checkpoint's own head (ImageNet's 1,000 classes, say) gives way to one sized to these labels.
+    base = auto_model.from_pretrained(base_id, use_safetensors=True, ignore_mismatched_sizes=True, **labels)
     model = PeftModel.from_pretrained(base, model_id).merge_and_unload()
     if is_image:
         source = model_id if has_file(model_id, "preprocessor_config.json") else base_id

@@ -205,3 +205,50 @@ def run_two_ranks(tmp_path: Path, job: str, recipe: Path, out: Path) -> None:
         command + [job, str(recipe), str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
+needs_hymenoptera = pytest.mark.skipif(
+    not (HYMENOPTERA / "train").is_dir(), reason=f"ants/bees photos not found at {HYMENOPTERA} (../shared/data)"
+)
+
+
+def write_image_folder(folder: Path, per_class: int, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
+    """train/ and val/ class folders of generated photos: `red` images are mostly red, `blue` ones mostly blue."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 2))):
+        for label, channel in (("blue", 2), ("red", 0)):
+            target = folder / split / label
+            target.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (size[1], size[0], 3), dtype=np.uint8)
+                pixels[..., channel] = rng.integers(160, 255, (size[1], size[0]))
+                Image.fromarray(pixels).save(target / f"{label}-{i}.{'jpg' if i % 2 else 'png'}")
+    return folder
+
+
+def save_tiny_vision_model(folder: Path, family: str) -> Path:
+    """A seeded random ViT (2 layers, 32 wide, 32 px) or ResNet (2 stages with BatchNorm) and its image processor."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    if family == "vit":
+        config = transformers.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+        )
+        transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    else:
+        config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+        transformers.ResNetModel(config).save_pretrained(folder)
+        transformers.ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
+    return folder

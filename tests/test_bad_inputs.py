@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import recipe_yaml, sentiment_rows, write_csv
+from conftest import recipe_yaml, sentiment_rows, write_csv, write_image_folder
 from hub_server import LocalHub, hub_env, run_client
 
 from hf_transfer.cli import main
@@ -328,7 +328,10 @@ def _(ctx: Ctx) -> str:
     return ctx.train_error(ctx.recipe(data={"max_length": 512}))
 
 
-@case("lora-targets-match-nothing", r"strategy.target_modules \['q_proj'\] match no linear layer of .*'query'")
+@case(
+    "lora-targets-match-nothing",
+    r"strategy.target_modules \['q_proj'\] match no linear or convolution layer of .*'query'",
+)
 def _(ctx: Ctx) -> str:
     return ctx.train_error(ctx.recipe(strategy={"kind": "lora", "target_modules": ["query", "q_proj"]}))
 
@@ -441,13 +444,49 @@ def _(ctx: Ctx) -> str:
     return result["network"]
 
 
-# -- not covered yet: reported as skips, so pytest counts them -------------------------------------------------------
+# -- images ----------------------------------------------------------------------------------------------------------
 
-VISION = "vision tasks are not built yet; their issue adds image loading together with these cases"
-CASES += [
-    pytest.param(None, "", id="corrupt-image", marks=pytest.mark.skip(reason=VISION)),
-    pytest.param(None, "", id="zero-byte-image", marks=pytest.mark.skip(reason=VISION)),
-]
+
+def image_recipe(ctx: Ctx, folder: Path) -> Path:
+    return ctx.recipe(source=folder, task="image-classification")
+
+
+@case("corrupt-image-is-skipped-and-counted", r"skipped train row \d+ \(cut\.jpg\): OSError")
+def _(ctx: Ctx) -> str:
+    folder = write_image_folder(ctx.tmp / "photos", per_class=4, seed=0)
+    good = next((folder / "train" / "red").glob("*.jpg")).read_bytes()
+    (folder / "train" / "red" / "cut.jpg").write_bytes(good[: len(good) // 2])  # a download cut off halfway
+    with ctx.caplog.at_level(logging.WARNING, logger="hf_transfer.images"):
+        data = prepare_data(load_recipe(image_recipe(ctx, folder)))
+    assert data.labels.skipped == {"images_unreadable": 1}
+    assert len(data.splits["train"]) == 8
+    return ctx.caplog.text
+
+
+@case("zero-byte-image-is-skipped-and-counted", r"skipped validation row \d+ \(zero\.png\): UnidentifiedImageError")
+def _(ctx: Ctx) -> str:
+    folder = write_image_folder(ctx.tmp / "photos", per_class=4, seed=0)
+    (folder / "val" / "blue" / "zero.png").write_bytes(b"")
+    with ctx.caplog.at_level(logging.WARNING, logger="hf_transfer.images"):
+        data = prepare_data(load_recipe(image_recipe(ctx, folder)))
+    assert data.labels.skipped == {"images_unreadable": 1}
+    return ctx.caplog.text
+
+
+@case("split-with-no-readable-image", r"split 'validation' of .* has no readable images")
+def _(ctx: Ctx) -> str:
+    folder = write_image_folder(ctx.tmp / "photos", per_class=4, seed=0)
+    for photo in (folder / "val").rglob("*.*"):
+        photo.write_bytes(b"not an image")
+    return ctx.train_error(image_recipe(ctx, folder))
+
+
+@case("image-recipe-on-a-text-folder", r"no split folders \(train/, val/\), split tables \(train\.csv\) or class")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tmp / "no-images"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "a.txt").write_text("text, not photos", encoding="utf-8")
+    return ctx.train_error(image_recipe(ctx, folder))
 
 
 # -- the catalogue's runner -------------------------------------------------------------------------------------------

@@ -90,7 +90,9 @@ def test_lora_trains_adapters_and_the_head_only(tiny_bert):
 
 
 def test_lora_target_modules_that_match_nothing_are_named(tiny_bert):
-    with pytest.raises(StrategyError, match=r"strategy.target_modules \['q_proj'\] match no linear layer"):
+    with pytest.raises(
+        StrategyError, match=r"strategy.target_modules \[.q_proj.\] match no linear or convolution layer"
+    ):
         _model(tiny_bert, "lora", target_modules=["q_proj"])
 
 

@@ -51,3 +51,35 @@ def test_doctor_detects_a_foreign_hf_transfer_installation(monkeypatch):
     assert problem and "pip uninstall hf-transfer" in problem
     text, healthy = doctor.report()
     assert "PROBLEM" in text and healthy is False
+
+
+def test_accelerate_launch_on_cpu_gets_its_share_of_the_cores(monkeypatch):
+    """`accelerate launch` without --cpu sets OMP_NUM_THREADS=1 in each process; a CPU run then uses one core."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from hf_transfer.train import _use_the_cpu_cores
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    launched = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    try:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        _use_the_cpu_cores(launched)
+        assert torch.get_num_threads() == cores
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # as many processes as cores: one thread each
+        _use_the_cpu_cores(launched)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("HF_TRANSFER_CPU_THREADS", "3")  # the user's number wins
+        _use_the_cpu_cores(launched)
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("HF_TRANSFER_CPU_THREADS")
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")  # not launched by accelerate: left alone
+        _use_the_cpu_cores(launched)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
