@@ -33,6 +33,7 @@ def run_once(workdir: Path, strategy: str, seed: int, env: dict[str, str]) -> di
         "seed": seed,
         "val_accuracy_last_epoch": log[-1]["validation_accuracy"],
         "val_accuracy_best": max(entry["validation_accuracy"] for entry in log),
+        "val_accuracy_saved_model": metrics["validation"]["accuracy"],  # the folder's model, scored again
         "best_epoch": metrics["train"]["best_epoch"],
         "epochs": len(log),
         "process_s": round(process_s, 1),

@@ -35,6 +35,10 @@ HEAD_SKILL = 0.8
 enough."""
 WEAK_SKILL = 0.2
 """Below this skill at every layer the frozen features barely beat guessing the majority class."""
+PARTIAL_SKILL = 0.6
+"""Top-layer skill from which adapting the top of the network is enough; below it (and the top layer being the best)
+the features carry the signal but far from separably, so every layer adapts (measured on SST-2 with MiniLM, skill
+0.48: partial:2 reached 0.831, LoRA 0.860, full 0.856; see benchmarks/RESULTS.md)."""
 MIN_MARGIN = 0.02
 """Probe accuracies closer than this (or two standard errors, if larger) count as equal."""
 FULL_MIN_EXAMPLES = 10_000
@@ -267,11 +271,17 @@ def recommend(probe: list[dict[str, Any]], data: dict[str, Any]) -> dict[str, An
             f"the useful features live at {useful['name']} and the {choice['layers']} layer(s) above it lose accuracy "
             f"({useful['accuracy']:.3f} → {top['accuracy']:.3f}): retrain those {choice['layers']} layer(s) + head"
         )
-    else:
+    elif top_skill >= PARTIAL_SKILL:
         choice = {"strategy": "partial", "layers": max(1, math.ceil(layers / 3))}
         reasons.append(
-            f"the top layer holds the best frozen features, but they leave accuracy on the table (skill "
-            f"{top_skill:.2f} < {HEAD_SKILL}): adapt the top third of the layers ({choice['layers']}) with the head"
+            f"the top layer's frozen features are as good as any layer's and nearly enough (skill {top_skill:.2f}, "
+            f"{PARTIAL_SKILL}–{HEAD_SKILL}): adapt the top third of the layers ({choice['layers']}) with the head"
+        )
+    else:
+        choice = _deep_choice(examples)
+        reasons.append(
+            f"the top layer's frozen features are as good as any layer's but far from separating the classes (skill "
+            f"{top_skill:.2f} < {PARTIAL_SKILL}): no depth holds the features this task needs, so every layer adapts"
         )
     if choice["strategy"] in ("lora", "full"):
         reasons.append(

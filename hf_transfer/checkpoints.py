@@ -108,6 +108,6 @@ def restore_latest(accelerator: Accelerator, output_dir: Path, recipe: Recipe) -
 
 
 def load_best_weights(checkpoint: Path) -> dict[str, torch.Tensor] | None:
-    """The best trainable weights recorded in a checkpoint, if any."""
+    """The best trainable weights (and normalisation statistics) recorded in a checkpoint, if any."""
     path = checkpoint / BEST_WEIGHTS
     return load_file(str(path)) if path.is_file() else None

@@ -300,7 +300,16 @@ def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """What training changes: the trainable parameters, and the running statistics of normalisation layers
+    (BatchNorm keeps updating them in train mode; weights of the best epoch with the last epoch's statistics score
+    worse than either: measured on ants/bees full fine-tuning, 0.889 instead of the best epoch's 0.935)."""
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None:
+                    state[f"{module_name}.{buffer_name}"] = buffer.detach().cpu().clone()
+    return state
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -385,7 +394,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         if name != "train"
     }
 
-    optimizer = torch.optim.AdamW(optimizer_groups(model, t), lr=t.lr)
+    # Fused AdamW (one kernel for every tensor; the Trainer's default too) where the parameters' device has it.
+    fused = accelerator.device.type in ("cpu", "cuda") and accelerator.distributed_type != DistributedType.DEEPSPEED
+    optimizer = torch.optim.AdamW(optimizer_groups(model, t), lr=t.lr, fused=fused)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / t.grad_accum)
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(t.warmup * total_steps) if t.warmup < 1 else int(t.warmup)
@@ -521,10 +532,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         raise
     progress.close()
 
-    # Restore the best weights (only trainable parameters ever change), then score every labelled split.
+    # Restore the best weights (trainable parameters and normalisation statistics), then score every labelled split.
     unwrapped = accelerator.unwrap_model(model)
     with torch.no_grad():
-        current = dict(unwrapped.named_parameters())
+        current = {**dict(unwrapped.named_parameters()), **dict(unwrapped.named_buffers())}
         for name, value in (best_weights or {}).items():
             current[name].copy_(value.to(current[name].device))
     final_metrics: dict[str, Any] = {}

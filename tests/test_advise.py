@@ -165,8 +165,10 @@ def test_recommendation_follows_where_the_useful_features_live():
     assert (partial["strategy"], partial["layers"], partial["spec"]) == ("partial", 2, "partial:2")
     # Best at the top and high: a head is enough; within the margin counts as the best.
     assert recommend(_curve([0.6, 0.8, 0.9, 0.95, 0.96, 0.97, 0.965]), data)["spec"] == "head"
-    # Best at the top but moderate: adapt the top third of the layers.
-    assert recommend(_curve([0.55, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78]), data)["spec"] == "partial:2"
+    # Best at the top and nearly enough (skill 0.7): adapt the top third of the layers.
+    assert recommend(_curve([0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85]), data)["spec"] == "partial:2"
+    # Best at the top but far from enough (skill 0.56): no depth has the features, every layer adapts.
+    assert recommend(_curve([0.55, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78]), data)["spec"] == "lora:16"
     # Nothing beats guessing: every layer adapts — fully with plenty of data, through LoRA otherwise.
     weak = _curve([0.5, 0.52, 0.53, 0.51, 0.52, 0.5, 0.51])
     assert recommend(weak, {"majority_rate": 0.5, "train_examples": 50_000})["spec"] == "full"

@@ -353,3 +353,20 @@ def test_short_real_run_on_ants_and_bees_through_the_hub_ids(tmp_path, monkeypat
     with serve(out) as (_, client):
         result = client.predict(gradio_client.handle_file(out / run["examples"][0]["image"]), api_name="/predict")
     assert result["label"] == run["examples"][0]["prediction"]
+
+
+def test_the_best_epoch_keeps_its_own_batchnorm_statistics(tmp_path, images, vision_models):
+    """With a learning rate of ~0 the first epoch stays the best; BatchNorm statistics keep moving in later epochs,
+    and the saved model must hold the best epoch's, not the last one's (weights and statistics belong together)."""
+    one = image_recipe(tmp_path / "one", vision_models["resnet"], images, "full", training={"epochs": 1, "lr": 1e-12})
+    three = image_recipe(
+        tmp_path / "three", vision_models["resnet"], images, "full", training={"epochs": 3, "lr": 1e-12}
+    )
+    after_one, after_three = weights(train(recipe_from_dict(one))), weights(train(recipe_from_dict(three)))
+    assert json.loads((tmp_path / "three" / "full" / "metrics.json").read_text())["train"]["best_epoch"] == 0
+    statistics = [n for n in after_one if n.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for name in statistics:
+        assert torch.equal(after_one[name], after_three[name]), name
+    last = weights(vision_models["resnet"])  # and they did move away from the checkpoint's
+    assert not all(torch.equal(after_one[n], last[n.removeprefix("resnet.")]) for n in statistics)
