@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2_strategies import ENV_DEFAULTS, ROOT, machine, run_child  # noqa: E402
+from sst2_strategies import ROOT, child_env, machine, run_child  # noqa: E402
 
 LEARNING_RATES = {"head": "5e-3", "partial": "1e-4", "lora": "1e-3", "full": "5e-5"}
 """One learning rate per kind on both sides (advise's recommended recipe uses the same ones)."""
@@ -77,10 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="advise-compare-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ}
-    for key, value in ENV_DEFAULTS.items():
-        env.setdefault(key, value)
-    env.setdefault("HF_HOME", str(workdir / "hf_home"))  # a fresh one: advise starts on a cold cache
+    env = child_env(workdir)  # a fresh HF_HOME: advise starts on a cold cache
     report: dict[str, Any] = {"machine": machine(), "budget": args.budget, "datasets": []}
     for name in args.datasets.split(","):
         report["datasets"].append(run_dataset(name, workdir, args.strategies.split(","), args.budget, env))

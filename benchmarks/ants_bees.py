@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2_strategies import ENV_DEFAULTS, ROOT, machine, run_child  # noqa: E402
+from sst2_strategies import ROOT, child_env, machine, run_child  # noqa: E402
 
 ANCHOR = "PyTorch transfer-learning tutorial, ImageNet ResNet-18: fine-tuned 0.94, fixed feature extractor 0.95-0.96"
 LAUNCH = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
@@ -71,10 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ants-bees-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ}
-    for key, value in ENV_DEFAULTS.items():
-        env.setdefault(key, value)
-    env.setdefault("HF_HOME", str(workdir / "hf_home"))
+    env = child_env(workdir)
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for strategy in args.strategies.split(","):

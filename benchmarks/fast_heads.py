@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2_strategies import ENV_DEFAULTS, ROOT, machine, run_child  # noqa: E402
+from sst2_strategies import ROOT, child_env, machine, run_child  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LAUNCH = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
@@ -36,10 +35,7 @@ class Runner:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir, self.count = workdir, 0
-        self.env = {**os.environ}
-        for key, value in ENV_DEFAULTS.items():
-            self.env.setdefault(key, value)
-        self.env.setdefault("HF_HOME", str(workdir / "hf_home"))
+        self.env = child_env(workdir)
 
     def ours(self, recipe: Path, overrides: list[str], cache: Path | None) -> dict[str, Any]:
         self.count += 1

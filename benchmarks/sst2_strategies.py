@@ -46,6 +46,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def child_env(workdir: Path) -> dict[str, str]:
+    """The environment of a benchmark's child processes: offline defaults unless set, HF_HOME in `workdir`."""
+    env = {**os.environ}
+    for key, value in ENV_DEFAULTS.items():
+        env.setdefault(key, value)
+    env.setdefault("HF_HOME", str(workdir / "hf_home"))
+    return env
+
+
 def run_child(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, float]:
     """Run one training process; return its own peak RSS in MB and its wall time in seconds."""
     started = time.perf_counter()
@@ -108,10 +117,7 @@ class Bench:
 
     def __init__(self, workdir: Path, overrides: list[str], keep: bool) -> None:
         self.workdir, self.overrides, self.keep, self.count = workdir, overrides, keep, 0
-        self.env = os.environ.copy()
-        for key, value in ENV_DEFAULTS.items():
-            self.env.setdefault(key, value)
-        self.env.setdefault("HF_HOME", str(workdir / "hf_home"))
+        self.env = child_env(workdir)
 
     def run(self, runner: str, strategy: str, overrides: list[str]) -> dict[str, float]:
         self.count += 1
