@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,22 @@ class Bench:
     """Runs hf_transfer and the peer as child processes with identical settings, one at a time."""
 
     def __init__(self, workdir: Path, overrides: list[str], keep: bool) -> None:
-        self.workdir, self.overrides, self.keep, self.count = workdir, overrides, keep, 0
+        self.workdir, self.overrides, self.keep = workdir, overrides, keep
+        self.count = len(list(workdir.glob("[0-9][0-9][0-9]-*.log")))  # a resumed benchmark keeps earlier logs
         self.env = child_env(workdir)
 
+    def wait_while_paused(self) -> None:
+        """Between runs, wait while `<workdir>/PAUSE` exists: frees the machine for another measurement without
+        stopping a run midway (which would spoil its wall time and samples/s)."""
+        pause = self.workdir / "PAUSE"
+        if pause.exists():
+            print(f"paused: {pause} exists", flush=True)
+            while pause.exists():
+                time.sleep(5)
+
     def run(self, runner: str, strategy: str, overrides: list[str]) -> dict[str, float]:
+        self.wait_while_paused()
+        load_at_start = os.getloadavg()[0]
         self.count += 1
         name = f"{self.count:03d}-{runner}-{strategy}"
         out = self.workdir / name
@@ -135,6 +148,7 @@ class Bench:
             metrics_file = out.with_suffix(".json")
         peak_rss_mb, process_s = run_child(command, out.with_suffix(".log"), self.env)
         row = flatten(json.loads(metrics_file.read_text(encoding="utf-8")), peak_rss_mb, process_s)
+        row["load_at_start"] = round(load_at_start, 2)
         if not self.keep:
             shutil.rmtree(out, ignore_errors=True)  # saved weights and checkpoints: ~100 MB a run
         print(
@@ -149,15 +163,46 @@ def medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
-def accuracy(bench: Bench, strategies: list[str], seeds: list[int], sizes: list[str]) -> dict[str, Any]:
-    """Each strategy's recipe as shipped, per seed, ours then the peer (alternating, so load drift hits both)."""
-    results = {}
-    for strategy in strategies:
-        runs: dict[str, list] = {runner: [] for runner in RUNNERS}
-        for seed in seeds:
+def accuracy(
+    bench: Bench,
+    strategies: list[str],
+    seeds: list[int],
+    sizes: list[str],
+    save: Callable[[dict], None],
+    peer_strategies: list[str],
+    earlier: dict[str, Any],
+) -> dict[str, Any]:
+    """Each strategy's recipe as shipped, ours then the peer (alternating, so load drift hits both).
+
+    Seeds are the outer loop and the report is saved after every run: a long benchmark stopped early still leaves
+    every strategy measured on the seeds it finished. Runs found in `earlier` (a saved report's accuracy section) are
+    kept, not repeated; the peer runs only for `peer_strategies`.
+    """
+    runs: dict[str, dict[str, list]] = {strategy: {runner: [] for runner in RUNNERS} for strategy in strategies}
+    for strategy, by_runner in earlier.items():
+        for runner, result in by_runner.items():
+            if strategy in runs:
+                runs[strategy][runner] = list(result["runs"])
+    results: dict[str, Any] = {}
+    for seed in seeds:
+        for strategy in strategies:
             for runner in RUNNERS:
-                runs[runner].append(bench.run(runner, strategy, [f"training.seed={seed}", *sizes]))
-        results[strategy] = {runner: {"median": medians(rows), "runs": rows} for runner, rows in runs.items()}
+                if runner == "trainer" and strategy not in peer_strategies:
+                    continue
+                if any(row["seed"] == seed for row in runs[strategy][runner]):
+                    continue
+                row = bench.run(runner, strategy, [f"training.seed={seed}", *sizes])
+                runs[strategy][runner].append({"seed": seed, **row})
+            results[strategy] = {
+                runner: {
+                    "median": medians([{k: v for k, v in row.items() if k != "seed"} for row in rows]),
+                    "runs": rows,
+                    "seeds": [row["seed"] for row in rows],
+                }
+                for runner, rows in runs[strategy].items()
+                if rows
+            }
+            save(results)
     return results
 
 
@@ -198,13 +243,14 @@ def markdown(report: dict[str, Any]) -> str:
     if "accuracy" in report:
         lines += [
             "Accuracy: each recipe as shipped and the Trainer peer with the same settings (group_by_length included); "
-            f"medians over seeds {s['seeds']}; each cell is hf_transfer / Trainer peer.",
+            "medians over the seeds listed; each cell is hf_transfer / Trainer peer.",
             "",
-            "| strategy | dev acc | test acc | wall s | samples/s | trainable params | peak RSS MB |",
-            "|---|---|---|---|---|---|---|",
+            "| strategy | seeds | dev acc | test acc | wall s | samples/s | trainable params | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for strategy, result in report["accuracy"].items():
-            ours, peer = result["ours"]["median"], result["trainer"]["median"]
+            ours = result["ours"]["median"]
+            peer = result["trainer"]["median"] if "trainer" in result else {key: float("nan") for key in ours}
             cells = [
                 pair(ours["dev_accuracy"], peer["dev_accuracy"], 3),
                 pair(ours["test_accuracy"], peer["test_accuracy"], 3),
@@ -213,7 +259,11 @@ def markdown(report: dict[str, Any]) -> str:
                 pair(ours["trainable_params"], peer["trainable_params"], 0),
                 pair(ours["peak_rss_mb"], peer["peak_rss_mb"], 0),
             ]
-            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+            seeds = " / ".join(
+                ", ".join(str(seed) for seed in result[runner]["seeds"]) if runner in result else "-"
+                for runner in RUNNERS
+            )
+            lines.append(f"| {strategy} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
     if "throughput" in report:
         t = report["throughput"]
@@ -244,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["accuracy", "throughput"])
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the default")
     parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--peer-strategies", help="strategies the Trainer peer runs for (default: all of them)")
+    parser.add_argument(
+        "--resume", type=Path, help="a report written by --json: its accuracy runs are kept, the missing ones run"
+    )
     parser.add_argument("--throughput-samples", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--override", action="append", default=[], help="recipe override for every run (key=value)")
@@ -277,8 +331,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     report: dict[str, Any] = {"machine": machine(), "settings": settings}
     started = time.perf_counter()
+
+    def save(accuracy_so_far: dict) -> None:
+        if args.json:
+            partial = {**report, "accuracy": accuracy_so_far, "total_s": round(time.perf_counter() - started, 1)}
+            args.json.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
+
     if args.only != "throughput":
-        report["accuracy"] = accuracy(bench, strategies, seeds, sizes)
+        earlier = json.loads(args.resume.read_text(encoding="utf-8")).get("accuracy", {}) if args.resume else {}
+        peers = strategies if args.peer_strategies is None else args.peer_strategies.split(",")
+        report["accuracy"] = accuracy(bench, strategies, seeds, sizes, save, peers, earlier)
     if args.only != "accuracy":
         report["throughput"] = throughput(bench, args.throughput_samples, args.repeats, eval_samples)
     report["total_s"] = round(time.perf_counter() - started, 1)

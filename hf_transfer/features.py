@@ -216,6 +216,7 @@ class FeatureCache:
             "model_source": model_digest(model_source),
             "layer": layer,
             "pooling": pooling,
+            "normalize": bool(getattr(model.config, "hf_transfer_normalize", False)),
             "max_length": recipe.data.max_length,
             "tokenizer": tokenizer_digest(tokenizer),
             "dtype": str(next(model.parameters()).dtype),
@@ -311,16 +312,29 @@ def feature_datasets(
     return DatasetDict(splits).with_format("torch")
 
 
+CV_SCORING = {
+    "accuracy": "accuracy",
+    "f1_macro": "f1_macro",
+    "f1_micro": "f1_micro",
+    "precision_macro": "precision_macro",
+    "recall_macro": "recall_macro",
+    "mcc": "matthews_corrcoef",
+}
+"""The run's metric → scikit-learn's scorer of the same quantity, for the cross-validation that chooses C."""
+
+
 def fit_logistic_head(
     accelerator: Accelerator,
     classifier: nn.Linear,
     train_split: Dataset,
     head: HeadConfig,
     class_weight: dict[int, float] | None = None,
+    metric: str = "accuracy",
 ) -> dict[str, float]:
     """Multinomial logistic regression on the train features with L-BFGS (scikit-learn), C chosen by stratified
-    cross-validation on train only, written into the model's own linear classifier. Dropout before it is the
-    identity in eval mode, so the saved model computes exactly the fitted probabilities."""
+    cross-validation on train only, scored by the run's own `metric` (the one that picks the best epoch elsewhere;
+    log loss when scikit-learn has no counterpart), and written into the model's own linear classifier. Dropout
+    before it is the identity in eval mode, so the saved model computes exactly the fitted probabilities."""
     import warnings
 
     import numpy as np
@@ -350,7 +364,7 @@ def fit_logistic_head(
             model = LogisticRegressionCV(
                 Cs=head.C or 10,
                 cv=StratifiedKFold(folds),
-                scoring="neg_log_loss",
+                scoring=CV_SCORING.get(metric, "neg_log_loss"),
                 max_iter=head.max_iter,
                 class_weight=class_weight,
             )

@@ -17,8 +17,8 @@ BACKBONE_PREFIX = "bert"
 
 
 class PooledModelForSequenceClassification(PreTrainedModel):
-    """Encoder → pooling (`config.hf_transfer_pooling`: mean | cls) → dropout → classifier: linear, or with one
-    hidden layer when `config.hf_transfer_head_hidden` gives its width."""
+    """Encoder → pooling (`config.hf_transfer_pooling`: mean | cls; unit length if `config.hf_transfer_normalize`)
+    → dropout → classifier: linear, or with one hidden layer when `config.hf_transfer_head_hidden` gives its width."""
 
     config_class = getattr(transformers, BACKBONE_CONFIG_CLASS)
     base_model_prefix = BACKBONE_PREFIX
@@ -45,13 +45,18 @@ class PooledModelForSequenceClassification(PreTrainedModel):
         self.post_init()
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean of the non-padding token states, or the first token's state."""
+        """Mean of the non-padding token states, or the first token's state; scaled to unit length when
+        `config.hf_transfer_normalize` is set (as a sentence-transformers `Normalize` module does)."""
         if getattr(self.config, "hf_transfer_pooling", "mean") == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = hidden[:, 0]
+        elif attention_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if getattr(self.config, "hf_transfer_normalize", False):
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}

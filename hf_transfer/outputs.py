@@ -221,6 +221,7 @@ def save_output_folder(
         "pipeline_tag": TASKS[recipe.task].pipeline_tag,
         "strategy": recipe.strategy.kind,
         "pooling": pooling,
+        "normalize": bool(getattr(unwrapped.config, "hf_transfer_normalize", False)),
         "base_model": hub_id,
         "model_source": model_source.record,
         "dataset": {

@@ -62,6 +62,28 @@ def sentence_transformers_pooling(model_dir: Path) -> str | None:
     return None
 
 
+def sentence_transformers_normalizes(model_dir: Path) -> bool:
+    """Whether a sentence-transformers checkpoint scales its embeddings to unit length (a `Normalize` module)."""
+    modules = model_dir / "modules.json"
+    if not modules.is_file():
+        return False
+    entries = json.loads(modules.read_text(encoding="utf-8"))
+    return any(str(entry.get("type", "")).endswith(".Normalize") for entry in entries if isinstance(entry, dict))
+
+
+def choose_normalize(recipe: Recipe, model_dir: Path, pooling: str) -> bool:
+    """Unit-length pooled features: as the recipe says, else as the checkpoint's own sentence embedding does for a
+    frozen head reading the checkpoint's own pooling (then the features are exactly its embeddings)."""
+    if recipe.strategy.normalize is not None:
+        if recipe.strategy.normalize and pooling not in ("mean", "cls"):
+            raise RecipeError(
+                f"strategy.normalize = true needs strategy.pooling 'mean' or 'cls' (the head reads {pooling!r})"
+            )
+        return recipe.strategy.normalize
+    own_pooling = recipe.strategy.kind == "head" and pooling == sentence_transformers_pooling(model_dir)
+    return own_pooling and sentence_transformers_normalizes(model_dir)
+
+
 def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
     """`pooler` means the architecture's own head; `mean`/`cls` use the project's pooled classifier."""
     if is_image_task(recipe.task) and not recipe.strategy.pooling:
@@ -146,11 +168,14 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
             "strategy.pooling to 'mean' or 'cls' (the architecture's own 'pooler' head is linear)"
         )
     if pooling == "pooler":
+        choose_normalize(recipe, Path(model_dir), pooling)  # refuses `normalize: true` here
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, trust_remote_code=recipe.trust_remote_code, ignore_mismatched_sizes=True, **kwargs
         )
     else:
         config.hf_transfer_pooling = pooling
+        if choose_normalize(recipe, Path(model_dir), pooling):
+            config.hf_transfer_normalize = True
         if recipe.strategy.head.type == "mlp":
             config.hf_transfer_head_hidden = recipe.strategy.head.hidden or config.hidden_size
         model = pooled_model_class(config).from_pretrained(model_dir, **kwargs)

@@ -374,8 +374,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         if recipe.strategy.head.type == "lbfgs":
             # Fitted in one go, so the epoch loop below has nothing left to do.
             weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))
+            metric = recipe.training.metric_for_best or TASKS[recipe.task].metric_for_best
             fitted_head = fit_logistic_head(
-                accelerator, model.classifier, tokenized["train"], recipe.strategy.head, weights
+                accelerator, model.classifier, tokenized["train"], recipe.strategy.head, weights, metric
             )
     elif augment is not None:
         collator, lengths = collate_images, None

@@ -85,8 +85,8 @@ def _features(recipe, cache_root, overrides=()):
 
 @pytest.mark.parametrize(
     "change",
-    [["data.max_length=6"], ["strategy.pooling=cls"], "data"],
-    ids=["max_length", "pooling", "data-content"],
+    [["data.max_length=6"], ["strategy.pooling=cls"], ["strategy.normalize=true"], "data"],
+    ids=["max_length", "pooling", "normalize", "data-content"],
 )
 def test_any_key_change_misses_the_cache(tmp_path, make_recipe, sentiment_folder, backbone_calls, caplog, change):
     cache = tmp_path / "cache"
@@ -259,6 +259,38 @@ def test_lbfgs_head_computes_exactly_the_fitted_scikit_learn_probabilities(class
     assert abs(ours - fitted[0].predict_proba(features.double().numpy())).max() < 1e-6
 
 
+@pytest.mark.parametrize("metric, scoring", [("accuracy", "accuracy"), ("mse", "neg_log_loss")])
+def test_lbfgs_chooses_C_by_the_runs_own_metric(metric, scoring):
+    """C is picked by cross-validated accuracy when the run selects on accuracy (as a hand-written
+    LogisticRegressionCV does by default), and by log loss when scikit-learn has no scorer for the run's metric."""
+    import warnings
+
+    from datasets import Dataset
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from hf_transfer.features import fit_logistic_head
+    from hf_transfer.recipe import HeadConfig
+
+    grid = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+    labels = torch.arange(90) % 2
+    features = torch.randn(90, 6, generator=torch.Generator().manual_seed(0)) + labels[:, None] * torch.linspace(
+        -1, 1, 6
+    )
+    split = Dataset.from_dict({"features": features.numpy(), "labels": labels.numpy()}).with_format("torch")
+    chosen = fit_logistic_head(
+        Accelerator(cpu=True), torch.nn.Linear(6, 2), split, HeadConfig(type="lbfgs", C=grid), metric=metric
+    )
+    by_scorer = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for name in ("accuracy", "neg_log_loss"):
+            model = LogisticRegressionCV(Cs=grid, cv=StratifiedKFold(5), scoring=name, max_iter=1000)
+            by_scorer[name] = float(model.fit(features.double().numpy(), labels.numpy()).C_[0])
+    assert by_scorer["accuracy"] != by_scorer["neg_log_loss"]  # the data tells the two scorers apart
+    assert chosen["C"] == by_scorer[scoring]
+
+
 @pytest.mark.parametrize(
     "strategy, message",
     [
@@ -272,3 +304,49 @@ def test_lbfgs_head_computes_exactly_the_fitted_scikit_learn_probabilities(class
 def test_head_keys_are_validated_naming_the_key(make_recipe, strategy, message):
     with pytest.raises(ValueError, match=message):
         train(load_recipe(make_recipe(strategy=strategy)))
+
+
+@pytest.mark.parametrize(
+    "strategy, normalized",
+    [
+        ({"kind": "head"}, True),  # MiniLM's own mean pooling, then its Normalize module
+        ({"kind": "head", "normalize": False}, False),
+        ({"kind": "head", "pooling": "cls"}, False),  # not the checkpoint's sentence embedding
+        ({"kind": "full", "pooling": "mean"}, False),  # fine-tuning: only when the recipe asks
+        ({"kind": "full", "pooling": "cls", "normalize": True}, True),
+    ],
+    ids=["head", "head-off", "head-cls", "full-mean", "full-asked"],
+)
+def test_minilm_head_features_are_its_own_unit_length_sentence_embeddings(
+    tmp_path, sentiment_folder, strategy, normalized
+):
+    from conftest import minilm_path, recipe_yaml
+
+    recipe = load_recipe(
+        recipe_yaml(tmp_path / "r.yaml", minilm_path(), sentiment_folder, tmp_path / "out", strategy=strategy)
+    )
+    pooling = choose_pooling(recipe, minilm_path())
+    model = build_model(recipe, str(minilm_path()), {0: "neg", 1: "pos"}, pooling).eval()
+    tokenizer = load_tokenizer(str(minilm_path()), recipe)
+    batch = tokenizer(["a stirring, funny film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.bert(**batch).last_hidden_state
+        pooled = model.pool(hidden, batch["attention_mask"])
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        mean = (hidden * mask).sum(1) / mask.sum(1)
+    norms = pooled.norm(dim=-1)
+    assert bool(getattr(model.config, "hf_transfer_normalize", False)) is normalized
+    if normalized:
+        assert torch.allclose(norms, torch.ones(2), atol=1e-5)
+        if pooling == "mean":
+            assert torch.allclose(pooled, torch.nn.functional.normalize(mean, dim=-1), atol=1e-6)
+    else:
+        assert not torch.allclose(norms, torch.ones(2), atol=1e-2)
+
+
+def test_normalize_needs_a_pooled_head(make_recipe, tiny_bert):
+    from hf_transfer.errors import RecipeError
+
+    recipe = load_recipe(make_recipe(strategy={"kind": "head", "normalize": True}))
+    with pytest.raises(RecipeError, match=r"strategy.normalize = true needs strategy.pooling 'mean' or 'cls'"):
+        build_model(recipe, str(tiny_bert), {0: "neg", 1: "pos"}, choose_pooling(recipe, tiny_bert))
