@@ -385,7 +385,10 @@ def layer_features(
     from .tasks import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(source.location, recipe)
-    probe_recipe = recipe.model_copy(update={"strategy": recipe.strategy.model_copy(update={"kind": "head"})})
+    # The probe reads the pooled states as they are (not unit length, whatever the checkpoint's default): the skill
+    # thresholds above were calibrated on those features with PROBE_C.
+    probe_strategy = recipe.strategy.model_copy(update={"kind": "head", "normalize": False})
+    probe_recipe = recipe.model_copy(update={"strategy": probe_strategy})
     model = build_model(probe_recipe, source.location, id2label, pooling).to(accelerator.device)
     model.requires_grad_(False)
     splits = DatasetDict({"advise": sample})
@@ -520,7 +523,7 @@ def _recommended_overrides(
     overrides.append(f"training.lr={RECOMMENDED_LR[recommendation['strategy']]}")
     variant = recipe_from_dict(recipe_tree_with(recipe, overrides), "advise")
     if recommendation["strategy"] == "head" and choose_pooling(variant, Path(source.location)) != pooling:
-        overrides.append(f"strategy.pooling={pooling}")  # the head then reads the very features the probe scored
+        overrides.append(f"strategy.pooling={pooling}")  # the head then pools as the probe did
     return overrides
 
 
