@@ -188,10 +188,11 @@ def _build_image_model(recipe: Recipe, model_dir: str, config: Any, pooling: str
     """Any image-classification checkpoint (transformers' own, or timm's through TimmWrapper) with a new head."""
     from transformers import AutoModelForImageClassification
 
-    if recipe.strategy.head.type != "linear" or pooling != "pooler":
+    if recipe.strategy.head.type != "linear" or pooling != "pooler" or recipe.strategy.normalize:
         raise RecipeError(
             "image models train their own classifier on their own pooling: strategy.head.type must be 'linear' and "
-            f"strategy.pooling unset (got head.type {recipe.strategy.head.type!r}, pooling {pooling!r})"
+            f"strategy.pooling and strategy.normalize unset (got head.type {recipe.strategy.head.type!r}, pooling "
+            f"{pooling!r}, normalize {recipe.strategy.normalize!r})"
         )
     if getattr(config, "model_type", None) == "timm_wrapper":
         from .images import require_timm

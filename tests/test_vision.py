@@ -252,10 +252,9 @@ def test_image_model_publishes_with_its_processor_and_a_space_of_real_photos(
     )
 
 
-def test_lbfgs_and_mlp_heads_are_refused_for_images(tmp_path, images, vision_models):
-    recipe = recipe_from_dict(
-        image_recipe(tmp_path, vision_models["vit"], images, "head", strategy={"head": {"type": "mlp"}})
-    )
+@pytest.mark.parametrize("strategy", [{"head": {"type": "mlp"}}, {"normalize": True}], ids=["mlp", "normalize"])
+def test_other_heads_and_normalize_are_refused_for_images(tmp_path, images, vision_models, strategy):
+    recipe = recipe_from_dict(image_recipe(tmp_path, vision_models["vit"], images, "head", strategy=strategy))
     with pytest.raises(ValueError, match="image models train their own classifier"):
         train(recipe)
 
