@@ -160,7 +160,7 @@ class Bench:
 
 
 def medians(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0] if key != "seed"}
 
 
 def accuracy(
@@ -195,7 +195,7 @@ def accuracy(
                 runs[strategy][runner].append({"seed": seed, **row})
             results[strategy] = {
                 runner: {
-                    "median": medians([{k: v for k, v in row.items() if k != "seed"} for row in rows]),
+                    "median": medians(rows),
                     "runs": rows,
                     "seeds": [row["seed"] for row in rows],
                 }

@@ -167,14 +167,14 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
             f"strategy.head.type = {recipe.strategy.head.type!r} needs the project's pooled head: set "
             "strategy.pooling to 'mean' or 'cls' (the architecture's own 'pooler' head is linear)"
         )
+    normalize = choose_normalize(recipe, Path(model_dir), pooling)  # refuses `normalize: true` on the pooler head
     if pooling == "pooler":
-        choose_normalize(recipe, Path(model_dir), pooling)  # refuses `normalize: true` here
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, trust_remote_code=recipe.trust_remote_code, ignore_mismatched_sizes=True, **kwargs
         )
     else:
         config.hf_transfer_pooling = pooling
-        if choose_normalize(recipe, Path(model_dir), pooling):
+        if normalize:
             config.hf_transfer_normalize = True
         if recipe.strategy.head.type == "mlp":
             config.hf_transfer_head_hidden = recipe.strategy.head.hidden or config.hidden_size
