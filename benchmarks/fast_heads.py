@@ -5,7 +5,8 @@
 - `rerun-backbone`: the recipe's linear head on cached features against the same head trained by re-running the
   frozen backbone every epoch (frozen_loop_peer.py), 10 epochs each;
 - `sms`: SMS spam (13 % spam, seeded stratified 80/10/10 split) with and without class weights;
-- `progressive`: plain `full` against LLRD and LP-FT at the same budget, on SST-2 and Banking77.
+- `progressive`: plain `full` and `partial` against each with LLRD and with LP-FT at the same budget, on SST-2 and
+  Banking77, medians over the seeds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -159,36 +161,70 @@ def sms(runner: Runner, seeds: list[int]) -> dict[str, Any]:
     return {"runs": rows}
 
 
-def progressive(runner: Runner, train_samples: int, epochs: int) -> dict[str, Any]:
+PROGRESSIVE_VARIANTS = {  # (recipe, overrides): each schedule against the plain strategy it modifies
+    "full": ("sst2-minilm-full.yaml", ["training.lr=5e-5"]),
+    "full + LLRD 0.8": ("sst2-minilm-full.yaml", ["training.lr=1e-4", "training.layer_lr_decay=0.8"]),
+    "full + LP-FT (3 head epochs)": ("sst2-minilm-full.yaml", ["training.lr=5e-5", "strategy.warmup_head_epochs=3"]),
+    "partial(3)": ("sst2-minilm-partial.yaml", ["training.lr=1e-4"]),
+    "partial(3) + LLRD 0.8": ("sst2-minilm-partial.yaml", ["training.lr=2e-4", "training.layer_lr_decay=0.8"]),
+    "partial(3) + LP-FT (3 head epochs)": (
+        "sst2-minilm-partial.yaml",
+        ["training.lr=1e-4", "strategy.warmup_head_epochs=3"],
+    ),
+}
+PROGRESSIVE_DATASETS = {
+    "SST-2": ["data.max_length=128"],
+    "Banking77": ["data.source=PolyAI/banking77", "data.label_names=null", "data.max_length=64"],
+}
+
+
+def progressive(
+    runner: Runner, train_samples: int, epochs: int, seeds: list[int], done: list[dict], save: Any
+) -> dict[str, Any]:
+    """Every variant on both datasets, seeds as the outer loop; `done` holds runs kept from an earlier report
+    (--resume), and `save` is called after every run so an interrupted benchmark keeps what it measured."""
     budget = [f"training.max_train_samples={train_samples}", f"training.epochs={epochs}", "strategy.pooling=mean"]
-    variants = {
-        "full": ["training.lr=5e-5"],
-        "full + LLRD 0.8": ["training.lr=1e-4", "training.layer_lr_decay=0.8"],
-        "full + LP-FT (3 head epochs)": ["training.lr=5e-5", "strategy.warmup_head_epochs=3"],
-    }
-    datasets = {
-        "SST-2": ["data.max_length=128"],
-        "Banking77": ["data.source=PolyAI/banking77", "data.label_names=null", "data.max_length=64"],
-    }
-    rows = []
-    for dataset, data_overrides in datasets.items():
-        for name, overrides in variants.items():
-            recipe = ROOT / "recipes" / "sst2-minilm-full.yaml"
-            result = runner.ours(recipe, data_overrides + budget + overrides, runner.workdir / f"cache-{dataset}")
-            rows.append({"dataset": dataset, "variant": name, **result})
-            print(json.dumps({k: rows[-1][k] for k in ("dataset", "variant", "test_accuracy", "wall_s")}), flush=True)
-    return {"runs": rows, "budget": budget}
+    rows = list(done)
+    finished = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
+    report = {"runs": rows, "budget": budget, "seeds": seeds}
+    for seed in seeds:
+        for dataset, data_overrides in PROGRESSIVE_DATASETS.items():
+            for name, (recipe, overrides) in PROGRESSIVE_VARIANTS.items():
+                if (dataset, name, seed) in finished:
+                    continue
+                arguments = data_overrides + budget + overrides + [f"training.seed={seed}"]
+                load = round(os.getloadavg()[0], 2)
+                result = runner.ours(ROOT / "recipes" / recipe, arguments, runner.workdir / f"cache-{dataset}")
+                rows.append({"dataset": dataset, "variant": name, "seed": seed, "load_at_start": load, **result})
+                print(json.dumps({k: rows[-1][k] for k in ("dataset", "variant", "seed", "test_accuracy", "wall_s")}))
+                report["summary"] = progressive_summary(rows)
+                save(report)
+    report["summary"] = progressive_summary(rows)
+    return report
+
+
+def progressive_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and variant: medians over the seeds run so far."""
+    summary = []
+    for dataset in PROGRESSIVE_DATASETS:
+        for name in PROGRESSIVE_VARIANTS:
+            runs = [r for r in rows if r["dataset"] == dataset and r["variant"] == name]
+            if runs:
+                figures = {k: median(runs, k) for k in ("dev_accuracy", "test_accuracy", "test_f1_macro", "wall_s")}
+                summary.append({"dataset": dataset, "variant": name, "seeds": [r["seed"] for r in runs], **figures})
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of cold-warm and rerun-backbone")
-    parser.add_argument("--seeds", default="42,43,44", help="sms: training seeds of the linear head")
+    parser.add_argument("--seeds", default="42,43,44", help="sms (the linear head) and progressive: training seeds")
     parser.add_argument("--train-samples", type=int, default=2000, help="progressive: training rows")
     parser.add_argument("--epochs", type=int, default=1, help="progressive: epochs")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--resume", type=Path, help="progressive: keep the finished runs of this earlier report")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fast-heads-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -198,15 +234,22 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    def save(part_report: dict[str, Any]) -> None:
+        report["progressive"] = part_report
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
     for part in parts:
         if part == "cold-warm":
             report[part] = cold_warm(runner, args.repeats)
         elif part == "rerun-backbone":
             report[part] = rerun_backbone(runner, args.repeats)
         elif part == "sms":
-            report[part] = sms(runner, [int(s) for s in args.seeds.split(",")])
+            report[part] = sms(runner, seeds)
         else:
-            report[part] = progressive(runner, args.train_samples, args.epochs)
+            done = json.loads(args.resume.read_text())["progressive"]["runs"] if args.resume else []
+            report[part] = progressive(runner, args.train_samples, args.epochs, seeds, done, save)
         args.json.write_text(json.dumps(report, indent=2) + "\n")  # after each part: a long run keeps what it measured
     report["machine_after"] = machine()
     args.json.write_text(json.dumps(report, indent=2) + "\n")

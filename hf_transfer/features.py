@@ -20,9 +20,18 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .image_features import (
+    IMAGE_FEATURE_LAYER,
+    ImageFeatureHead,
+    classifier_linear,
+    extract_image_features,
+    image_classifier,
+    image_content_digest,
+    processor_digest,
+)
 from .sources import file_sha256
 from .strategies import StrategyError
-from .tasks import is_pooled
+from .tasks import is_image_task, is_pooled
 
 if TYPE_CHECKING:
     from .recipe import HeadConfig, Recipe
@@ -37,13 +46,20 @@ FEATURE_LAYER = "last_hidden_state"
 """The backbone output the head pools; part of the key so another layer can never be served from this one."""
 
 
-def can_use_cached_features(model: nn.Module) -> bool:
+def can_use_cached_features(model: nn.Module, augments: bool = False) -> bool:
     """True when everything below the classifier is frozen and deterministic: the project's pooled head model with
-    only `classifier` trainable. Then one forward pass per example replaces one per example per epoch."""
+    only `classifier` trainable, or an image model whose one-linear-layer classifier is all that trains and whose
+    training images are not augmented (`augments`: each epoch would draw new crops). Then one forward pass per
+    example replaces one per example per epoch."""
     if not is_pooled(model):
-        return False
+        return not augments and image_classifier(model) is not None
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     return trainable == {"classifier"}
+
+
+def feature_head(model: nn.Module) -> nn.Module:
+    """The model's own classifier (with its dropout, for text) as a module of cached features."""
+    return FeatureHead(model) if is_pooled(model) else ImageFeatureHead(model)
 
 
 class FeatureHead(nn.Module):
@@ -210,6 +226,17 @@ class FeatureCache:
         root = feature_cache_root(recipe.strategy.feature_cache)
         if root is None:
             return None
+        if is_image_task(recipe.task):
+            key = {
+                "format": CACHE_FORMAT,
+                "model": model_source.hub_id,
+                "model_source": model_digest(model_source),
+                "layer": IMAGE_FEATURE_LAYER,
+                "pooling": pooling,
+                "processor": processor_digest(tokenizer),
+                "dtype": str(next(model.parameters()).dtype),
+            }
+            return cls(root, key, {name: image_content_digest(split) for name, split in splits.items()})
         key = {
             "format": CACHE_FORMAT,
             "model": model_source.hub_id,
@@ -303,11 +330,15 @@ def feature_datasets(
     for name, split in tokenized.items():
         features = _cached_on_every_rank(accelerator, cache, name, len(split)) if cache else None
         if features is None:
-            features = extract_features(accelerator, model, split, tokenizer, batch_size, f"features: {name}")
+            if is_pooled(accelerator.unwrap_model(model)):
+                features = extract_features(accelerator, model, split, tokenizer, batch_size, f"features: {name}")
+            else:
+                features = extract_image_features(accelerator, model, split, batch_size, f"features: {name}")
             logger.info("computed %d feature vectors for split %r", len(split), name)
             if cache is not None and accelerator.is_main_process:
                 cache.store(name, features)
-        splits[name] = Dataset.from_dict({"features": features.numpy(), "labels": split["label"]})
+        labels = split.with_format(None)["label"]  # image splits transform lazily: the labels without the images
+        splits[name] = Dataset.from_dict({"features": features.numpy(), "labels": list(labels)})
     accelerator.wait_for_everyone()  # only the main process writes the cache; the others wait for it
     return DatasetDict(splits).with_format("torch")
 
@@ -325,7 +356,7 @@ CV_SCORING = {
 
 def fit_logistic_head(
     accelerator: Accelerator,
-    classifier: nn.Linear,
+    classifier: nn.Module,
     train_split: Dataset,
     head: HeadConfig,
     class_weight: dict[int, float] | None = None,
@@ -342,6 +373,7 @@ def fit_logistic_head(
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
+    classifier = classifier_linear(classifier)
     rows = train_split[:]
     features, labels = rows["features"].double().numpy(), rows["labels"].numpy()
     classes, counts = np.unique(labels, return_counts=True)

@@ -311,6 +311,11 @@ class TrainTransform:
         self.seed = recipe.training.seed
         self.epoch = 0
 
+    @property
+    def augments(self) -> bool:
+        """False when both augmentations are off: then every epoch sees the same (the processor's) pixels."""
+        return self.augmentation.random_resized_crop or self.augmentation.horizontal_flip
+
     def _augment(self, image: Image.Image, row: int) -> np.ndarray:
         rng = random.Random(hash((self.seed, self.epoch, row)))
         g = self.geometry
@@ -330,8 +335,7 @@ class TrainTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images = [image.convert("RGB") for image in batch["image"]]
-        a = self.augmentation
-        if not (a.random_resized_crop or a.horizontal_flip):
+        if not self.augments:
             pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         else:
             pixels = torch.from_numpy(

@@ -134,8 +134,9 @@ class StrategyConfig(_Section):
     `head` on a sentence-transformers checkpoint trained with mean pooling, otherwise the architecture's own head."""
     normalize: bool | None = None
     """Scale each pooled vector to unit length before the head (`mean`/`cls` pooling only). Default: as the
-    checkpoint's sentence-transformers modules do (all-MiniLM-L6-v2 ends in `Normalize`) for `head` when the pooling
-    is the checkpoint's own, so the frozen features are exactly its sentence embeddings; otherwise off."""
+    checkpoint's sentence-transformers modules do (all-MiniLM-L6-v2 ends in `Normalize`) for a `head` of type `lbfgs`
+    on the checkpoint's own pooling, so the frozen features are exactly its sentence embeddings; otherwise off (a head
+    trained by gradient steps learns far slower on unit-length features at the same learning rate)."""
     layers: int | None = Field(default=None, gt=0)
     """`partial`: how many of the last encoder layers to unlock (default 3)."""
     r: int = Field(default=16, gt=0)

@@ -29,6 +29,7 @@ from .features import (
     can_use_cached_features,
     collate_features,
     feature_datasets,
+    feature_head,
     fit_logistic_head,
 )
 from .images import collate_images, transformed_splits
@@ -359,18 +360,21 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
 
     eval_batch = t.eval_batch_size or t.batch_size * 2
     full_model, fitted_head = model, None
-    uses_features = recipe.strategy.warmup_head_epochs or can_use_cached_features(model)
+    augments = augment is not None and augment.augments
+    uses_features = recipe.strategy.warmup_head_epochs or can_use_cached_features(model, augments)
     cache = (
         FeatureCache.for_run(recipe, model_source, tokenizer, pooling, data.splits, model) if uses_features else None
     )
     if recipe.strategy.warmup_head_epochs and not resume:  # a resumed run restores its warmed-up head
         _warm_up_head(accelerator, model, tokenized["train"], tokenizer, eval_batch, cache, recipe, class_weight)
-    if can_use_cached_features(model):
+    if augments and recipe.strategy.kind == "head":
+        logger.info("data.augmentation draws new training images every epoch: the frozen backbone runs every epoch")
+    if can_use_cached_features(model, augments):
         # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch;
         # the loop below then trains the model's own classifier on the pooled features.
         model.to(accelerator.device)
         tokenized = feature_datasets(accelerator, model, tokenized, tokenizer, eval_batch, cache)
-        model, collator, lengths = FeatureHead(model), collate_features, None
+        model, collator, lengths = feature_head(model), collate_features, None
         if recipe.strategy.head.type == "lbfgs":
             # Fitted in one go, so the epoch loop below has nothing left to do.
             weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))

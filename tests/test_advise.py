@@ -7,9 +7,10 @@ import random
 import pytest
 from conftest import FILLER, write_csv
 
-from hf_transfer.advise import advise, recommend, tokenizer_rates
+from hf_transfer.advise import advise, tokenizer_rates
 from hf_transfer.cli import main
 from hf_transfer.recipe import RecipeError, load_recipe
+from hf_transfer.recommend import recommend
 
 
 def xor_rows(n: int, seed: int) -> list[tuple[str, str]]:

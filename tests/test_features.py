@@ -309,13 +309,15 @@ def test_head_keys_are_validated_naming_the_key(make_recipe, strategy, message):
 @pytest.mark.parametrize(
     "strategy, normalized",
     [
-        ({"kind": "head"}, True),  # MiniLM's own mean pooling, then its Normalize module
-        ({"kind": "head", "normalize": False}, False),
-        ({"kind": "head", "pooling": "cls"}, False),  # not the checkpoint's sentence embedding
+        ({"kind": "head", "head": {"type": "lbfgs"}}, True),  # MiniLM's own mean pooling, then its Normalize
+        ({"kind": "head", "head": {"type": "lbfgs"}, "normalize": False}, False),
+        ({"kind": "head", "head": {"type": "lbfgs"}, "pooling": "cls"}, False),  # not the checkpoint's embedding
+        ({"kind": "head"}, False),  # a head trained by gradient steps keeps the raw scale its learning rate suits
+        ({"kind": "head", "normalize": True}, True),
         ({"kind": "full", "pooling": "mean"}, False),  # fine-tuning: only when the recipe asks
         ({"kind": "full", "pooling": "cls", "normalize": True}, True),
     ],
-    ids=["head", "head-off", "head-cls", "full-mean", "full-asked"],
+    ids=["lbfgs", "lbfgs-off", "lbfgs-cls", "linear", "linear-asked", "full-mean", "full-asked"],
 )
 def test_minilm_head_features_are_its_own_unit_length_sentence_embeddings(
     tmp_path, sentiment_folder, strategy, normalized

@@ -259,6 +259,112 @@ def test_other_heads_and_normalize_are_refused_for_images(tmp_path, images, visi
         train(recipe)
 
 
+# -- frozen image heads on cached features ----------------------------------------------------------------------------
+
+NO_AUGMENTATION = {"augmentation": {"random_resized_crop": False, "horizontal_flip": False}}
+BACKBONES = {"vit": "ViTModel", "resnet": "ResNetModel"}
+
+
+@pytest.fixture
+def backbone_calls(monkeypatch):
+    """Forward passes of the tiny models' backbones (ViT's Linear classifier, ResNet's Flatten + Linear)."""
+    import transformers
+
+    calls = []
+    for name in BACKBONES.values():
+        cls = getattr(transformers, name)
+        monkeypatch.setattr(
+            cls, "forward", lambda self, *a, _run=cls.forward, **k: calls.append(1) or _run(self, *a, **k)
+        )
+    return calls
+
+
+def _cached_head_recipe(tmp: Path, model: Path, images: Path, **strategy) -> dict:
+    strategy = {"feature_cache": str(tmp / "cache"), **strategy}
+    return image_recipe(tmp, model, images, "head", data=NO_AUGMENTATION, strategy=strategy, training={"epochs": 3})
+
+
+@pytest.mark.parametrize("family", BACKBONES)
+def test_an_unaugmented_image_head_encodes_each_image_once_and_a_rerun_reads_the_cache(
+    tmp_path, images, vision_models, backbone_calls, caplog, family
+):
+    import logging
+
+    from hf_transfer.inference import evaluate_run, load_run, predict_images
+
+    logging.getLogger("hf_transfer").setLevel(logging.INFO)
+    first = train(recipe_from_dict(_cached_head_recipe(tmp_path / "a", vision_models[family], images)))
+    # 24 train + 12 validation photos in batches of 16: three forward passes, not one per batch per epoch.
+    assert len(backbone_calls) == 3
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "a" / "cache").rglob("*.safetensors")) == [
+        "train",
+        "validation",
+    ]
+    backbone_calls.clear()
+    caplog.clear()
+    tree = _cached_head_recipe(tmp_path / "a", vision_models[family], images)
+    tree["training"]["output_dir"] = str(tmp_path / "second")
+    second = train(recipe_from_dict(tree))
+    assert backbone_calls == [] and caplog.text.count("feature cache hit") == 2
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in (first, second)]
+    assert metrics[0]["validation"] == metrics[1]["validation"] and metrics[1]["train"]["steps"] == 9
+    assert metrics[1]["validation"]["accuracy"] >= 0.8
+
+    # The saved model, run on the photos, predicts what the head predicted on the cached features.
+    assert evaluate_run(second, split="validation")["accuracy"] == pytest.approx(metrics[1]["validation"]["accuracy"])
+    examples = json.loads((second / "run.json").read_text())["examples"]
+    predicted = predict_images(load_run(second), [str(second / e["image"]) for e in examples])
+    for example, prediction in zip(examples, predicted, strict=True):
+        assert prediction["label"] == example["prediction"]
+        assert prediction["scores"][example["prediction"]] == pytest.approx(example["score"], abs=1e-5)
+    logging.getLogger("hf_transfer").setLevel(logging.NOTSET)
+
+
+def test_image_cache_key_follows_the_pixels_and_augmentation_keeps_the_backbone_per_epoch(
+    tmp_path, images, vision_models, backbone_calls
+):
+    train(recipe_from_dict(_cached_head_recipe(tmp_path, vision_models["resnet"], images)))
+    backbone_calls.clear()
+    # Other preprocessing (a processor setting) is another key: every split is encoded again.
+    processor = tmp_path / "resized"
+    shutil.copytree(vision_models["resnet"], processor)
+    settings = json.loads((processor / "preprocessor_config.json").read_text())
+    settings["size"] = {"shortest_edge": 40}
+    (processor / "preprocessor_config.json").write_text(json.dumps(settings))
+    tree = _cached_head_recipe(tmp_path, processor, images)
+    tree["training"]["output_dir"] = str(tmp_path / "resized-out")
+    train(recipe_from_dict(tree))
+    assert len(backbone_calls) == 3
+    # Augmented training images change every epoch: nothing is cached, the backbone runs on every batch.
+    backbone_calls.clear()
+    tree = image_recipe(tmp_path / "aug", vision_models["resnet"], images, "head", training={"epochs": 3})
+    tree["strategy"]["feature_cache"] = str(tmp_path / "aug-cache")
+    out = train(recipe_from_dict(tree))
+    # Each epoch: 3 training batches and 1 validation batch; then the final scoring's 1.
+    assert len(backbone_calls) == 3 * (3 + 1) + 1 and not (tmp_path / "aug-cache").exists()
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 9
+
+
+def test_lbfgs_image_head_is_fitted_on_cached_features_and_refused_with_augmentation(tmp_path, images, vision_models):
+    from transformers import AutoModelForImageClassification
+
+    tree = _cached_head_recipe(tmp_path, vision_models["resnet"], images, head={"type": "lbfgs"})
+    out = train(recipe_from_dict(tree))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 0 and metrics["train"]["head_C"] > 0
+    assert metrics["validation"]["accuracy"] >= 0.8
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert [type(m).__name__ for m in model.classifier] == ["Flatten", "Linear"]  # the architecture's own head
+
+    augmented = image_recipe(
+        tmp_path / "aug", vision_models["resnet"], images, "head", strategy={"head": {"type": "lbfgs"}}
+    )
+    with pytest.raises(
+        ValueError, match=r"data.augmentation.random_resized_crop and data.augmentation.horizontal_flip"
+    ):
+        train(recipe_from_dict(augmented))
+
+
 # -- the offline ImageNet backbone ------------------------------------------------------------------------------------
 
 
