@@ -365,6 +365,31 @@ def test_lbfgs_image_head_is_fitted_on_cached_features_and_refused_with_augmenta
         train(recipe_from_dict(augmented))
 
 
+@pytest.mark.slow
+def test_two_ranks_encode_the_images_once_in_dataset_order(tmp_path, images, vision_models):
+    import yaml
+    from conftest import run_two_ranks
+    from safetensors.torch import load_file as load_tensors
+
+    one = train(recipe_from_dict(_cached_head_recipe(tmp_path / "one", vision_models["resnet"], images)))
+    tree = _cached_head_recipe(tmp_path / "two", vision_models["resnet"], images)
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    for run in ("cold", "warm"):
+        run_two_ranks(tmp_path, "calls", recipe, tmp_path / run)
+    for rank in (0, 1):
+        cold, warm = (json.loads((tmp_path / run / f"calls-{rank}.json").read_text()) for run in ("cold", "warm"))
+        assert cold > 0 and warm == 0, (rank, cold, warm)
+    # The same key names the same files; two ranks' gathered features are the one process's, row for row.
+    single = sorted((tmp_path / "one" / "cache").rglob("*.safetensors"))
+    shared = sorted((tmp_path / "two" / "cache").rglob("*.safetensors"))
+    assert [p.name for p in single] == [p.name for p in shared] and len(shared) == 2
+    for a, b in zip(single, shared, strict=True):
+        assert torch.allclose(load_tensors(a)["features"], load_tensors(b)["features"], atol=1e-5)
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in (one, tmp_path / "cold", tmp_path / "warm")]
+    assert metrics[1]["train"]["processes"] == 2 and metrics[1]["validation"] == metrics[2]["validation"]
+
+
 # -- the offline ImageNet backbone ------------------------------------------------------------------------------------
 
 

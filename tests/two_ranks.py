@@ -7,7 +7,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 from safetensors.torch import save_file
-from transformers import BertModel
+from transformers import BertModel, ResNetModel
 
 from hf_transfer import checkpoints
 from hf_transfer.recipe import load_recipe
@@ -15,15 +15,15 @@ from hf_transfer.train import train
 
 
 def backbone_calls(recipe: Path, out: Path) -> None:
-    """One run: how often did this rank's backbone run a forward pass?"""
+    """One run: how often did this rank's backbone (BERT, or the tiny test ResNet) run a forward pass?"""
     calls = []
-    original = BertModel.forward
+    for backbone in (BertModel, ResNetModel):
 
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
+        def counted(self, *args, _original=backbone.forward, **kwargs):
+            calls.append(1)
+            return _original(self, *args, **kwargs)
 
-    BertModel.forward = counted
+        backbone.forward = counted
     train(load_recipe(recipe, output_dir=str(out)))
     (out / f"calls-{PartialState().process_index}.json").write_text(json.dumps(len(calls)))
 
