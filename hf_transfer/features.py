@@ -1,4 +1,5 @@
-"""Frozen-backbone features: run the backbone once, then train the head on the pooled features instead of the text."""
+"""Frozen-backbone features: run the backbone once, then train the head on the pooled features instead of the inputs
+(text, or images through `image_features.py`); the on-disk feature cache; the heads fitted on features."""
 
 from __future__ import annotations
 
