@@ -161,6 +161,9 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path, tiny_bert):
             stderr=subprocess.STDOUT,
             env=python_env(),
             cwd=tmp_path,
+            # A background job of a non-interactive shell (`pytest &`, nohup) starts with SIGINT ignored, and Python
+            # keeps an inherited SIG_IGN: the child gets the default disposition back, as a terminal would give it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     deadline = time.monotonic() + 300
     while "train:" not in log.read_text() and time.monotonic() < deadline:
