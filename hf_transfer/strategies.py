@@ -203,6 +203,11 @@ def apply_strategy(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
     """The only strategy-dependent step: returns the model with exactly the chosen parameters trainable."""
     if recipe.training.layer_lr_decay and recipe.strategy.kind == "head":
         raise StrategyError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
+    if recipe.strategy.warmup_head_epochs and recipe.task == "image-classification":
+        raise StrategyError(
+            "strategy.warmup_head_epochs (LP-FT) is built for text models only; for images, train a `head` run "
+            "first and fine-tune from its output folder (model: that folder)"
+        )
     if recipe.strategy.warmup_head_epochs and not is_pooled(model):
         raise StrategyError(
             "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"

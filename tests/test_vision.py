@@ -252,6 +252,19 @@ def test_image_model_publishes_with_its_processor_and_a_space_of_real_photos(
     )
 
 
+def test_lp_ft_is_refused_for_images_and_the_way_round_it_works(tmp_path, images, vision_models):
+    tree = image_recipe(tmp_path, vision_models["vit"], images, "full", strategy={"warmup_head_epochs": 2})
+    with pytest.raises(ValueError, match=r"strategy.warmup_head_epochs \(LP-FT\) is built for text models only"):
+        train(recipe_from_dict(tree))
+    # The way the message names: a head run, then fine-tuning from its folder starts from that head, not a new one.
+    head = train(recipe_from_dict(image_recipe(tmp_path / "head", vision_models["vit"], images, "head")))
+    tree = image_recipe(tmp_path / "then", head, images, "full", training={"epochs": 1, "lr": 1e-12})
+    then = train(recipe_from_dict(tree))
+    scores = [json.loads((out / "metrics.json").read_text())["validation"] for out in (head, then)]
+    assert scores[1]["accuracy"] == scores[0]["accuracy"] >= 0.8
+    assert torch.equal(weights(head)["classifier.weight"], weights(then)["classifier.weight"])
+
+
 @pytest.mark.parametrize("strategy", [{"head": {"type": "mlp"}}, {"normalize": True}], ids=["mlp", "normalize"])
 def test_other_heads_and_normalize_are_refused_for_images(tmp_path, images, vision_models, strategy):
     recipe = recipe_from_dict(image_recipe(tmp_path, vision_models["vit"], images, "head", strategy=strategy))
