@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from datasets import Dataset
-from datasets import Image as ImageFeature
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from .images import image_contents
 from .strategies import head_module_names
 
 IMAGE_FEATURE_LAYER = "classifier_input"
@@ -102,9 +102,7 @@ def extract_image_features(
 def image_content_digest(split: Dataset) -> str:
     """The split's images, in order, by content (file bytes, not paths; labels left out, as for text)."""
     digest = hashlib.sha256(b"images")
-    raw = split.with_format(None).cast_column("image", ImageFeature(decode=False))
-    for image in raw["image"]:
-        content = image["bytes"] or open(image["path"], "rb").read()
+    for content in image_contents(split):
         digest.update(hashlib.sha256(content).digest())
     return digest.hexdigest()
 

@@ -8,6 +8,7 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,11 +226,15 @@ def encode_image_labels(splits: DatasetDict, recipe: Recipe, names: list[str]) -
     return DatasetDict(out)
 
 
+def image_contents(split: Dataset) -> Iterator[bytes]:
+    """Each image's encoded bytes (its file content), in order, without decoding any image."""
+    for image in split.with_format(None).cast_column("image", ImageFeature(decode=False))["image"]:
+        yield image["bytes"] or Path(image["path"]).read_bytes()
+
+
 def image_fingerprint(split: Dataset, digest: Any) -> None:
     """Add the split's images (bytes, or file content) and labels to a hash, without decoding any image."""
-    raw = split.cast_column("image", ImageFeature(decode=False))
-    for image, label in zip(raw["image"], raw["label"], strict=True):
-        content = image["bytes"] or Path(image["path"]).read_bytes()
+    for content, label in zip(image_contents(split), split.with_format(None)["label"], strict=True):
         digest.update(hashlib.sha256(content).digest())
         digest.update(str(label).encode())
 
@@ -311,11 +316,6 @@ class TrainTransform:
         self.seed = recipe.training.seed
         self.epoch = 0
 
-    @property
-    def augments(self) -> bool:
-        """False when both augmentations are off: then every epoch sees the same (the processor's) pixels."""
-        return self.augmentation.random_resized_crop or self.augmentation.horizontal_flip
-
     def _augment(self, image: Image.Image, row: int) -> np.ndarray:
         rng = random.Random(hash((self.seed, self.epoch, row)))
         g = self.geometry
@@ -335,7 +335,7 @@ class TrainTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images = [image.convert("RGB") for image in batch["image"]]
-        if not self.augments:
+        if not self.augmentation.active:
             pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         else:
             pixels = torch.from_numpy(

@@ -37,6 +37,11 @@ class AugmentationConfig(_Section):
     horizontal_flip: bool = True
     """Mirror the image left-right with probability 0.5."""
 
+    @property
+    def active(self) -> bool:
+        """False when both are off: then every epoch sees the same (the processor's) pixels, which can be cached."""
+        return self.random_resized_crop or self.horizontal_flip
+
     @field_validator("crop_scale")
     @classmethod
     def _fraction_range(cls, value: tuple[float, float]) -> tuple[float, float]:

@@ -104,14 +104,6 @@ def apply_head(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
             f"strategy.head.type 'lbfgs' fits single-label classification, not task {recipe.task!r}; "
             "use 'linear' or 'mlp'"
         )
-    augmentation = recipe.data.augmentation
-    if recipe.strategy.head.type == "lbfgs" and recipe.task == "image-classification":
-        if augmentation.random_resized_crop or augmentation.horizontal_flip:
-            raise StrategyError(
-                "strategy.head.type 'lbfgs' fits features computed once per image, but data.augmentation draws new "
-                "training images every epoch: set data.augmentation.random_resized_crop and "
-                "data.augmentation.horizontal_flip to false (or use head.type 'linear')"
-            )
     _freeze_all_but(model, head_module_names(model))
     return model
 

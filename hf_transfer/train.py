@@ -37,6 +37,7 @@ from .metrics import compute_metrics, flat_scores
 from .recipe import Recipe, TrainingConfig
 from .sources import resolve_model
 from .strategies import (
+    StrategyError,
     apply_strategy,
     count_parameters,
     keep_frozen_norms_in_eval,
@@ -199,6 +200,21 @@ def _balanced_sample_weights(train_labels: list[int]) -> list[float]:
     return (1.0 / counts[np.asarray(train_labels)]).tolist()
 
 
+def _check_lbfgs_has_features(recipe: Recipe, on_features: bool, augments: bool) -> None:
+    """An L-BFGS head is fitted on features computed once; without them it would silently train as a linear head."""
+    if recipe.strategy.head.type != "lbfgs" or on_features:
+        return
+    why = (
+        "data.augmentation draws new training images every epoch: set data.augmentation.random_resized_crop and "
+        "data.augmentation.horizontal_flip to false"
+        if augments
+        else "this model's classifier is not one linear layer on pooled features"
+    )
+    raise StrategyError(
+        f"strategy.head.type 'lbfgs' fits features computed once per example, but {why} (or use head.type 'linear')"
+    )
+
+
 def _check_options(recipe: Recipe, accelerator: Accelerator) -> None:
     """Options that depend on the task or the launch fail before anything trains or is cleared."""
     for key, used in (
@@ -351,6 +367,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     # Only now that the recipe, data, model and strategy have all loaded: a bad input never costs the old run.
     _check_metric_for_best(recipe, data.splits["validation"]["label"], len(data.labels.id2label))
     _check_options(recipe, accelerator)
+    augments = is_image_task(recipe.task) and recipe.data.augmentation.active
+    on_features = can_use_cached_features(model, augments)
+    _check_lbfgs_has_features(recipe, on_features, augments)
     train_labels = list(data.splits["train"]["label"])
     class_weight = _class_weights(recipe, train_labels, data.labels.id2label)
     class_weight = None if class_weight is None else class_weight.to(accelerator.device)
@@ -360,8 +379,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
 
     eval_batch = t.eval_batch_size or t.batch_size * 2
     full_model, fitted_head = model, None
-    augments = augment is not None and augment.augments
-    uses_features = recipe.strategy.warmup_head_epochs or can_use_cached_features(model, augments)
+    uses_features = recipe.strategy.warmup_head_epochs or on_features
     cache = (
         FeatureCache.for_run(recipe, model_source, tokenizer, pooling, data.splits, model) if uses_features else None
     )
@@ -369,7 +387,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         _warm_up_head(accelerator, model, tokenized["train"], tokenizer, eval_batch, cache, recipe, class_weight)
     if augments and recipe.strategy.kind == "head":
         logger.info("data.augmentation draws new training images every epoch: the frozen backbone runs every epoch")
-    if can_use_cached_features(model, augments):
+    if on_features:
         # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch;
         # the loop below then trains the model's own classifier on the pooled features.
         model.to(accelerator.device)
