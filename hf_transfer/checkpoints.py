@@ -6,19 +6,18 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import ResumeError
 from .recipe import Recipe
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-    from .train import LoopState
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +25,17 @@ LOOP_STATE = "loop_state.json"
 BEST_WEIGHTS = "best_trainable.safetensors"
 
 
-class ResumeError(RuntimeError):
-    """No usable checkpoint, or one written by a different recipe."""
+@dataclass
+class LoopState:
+    """What a checkpoint must restore besides the weights, optimizer, scheduler and RNG states."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -82,8 +90,6 @@ def _readable(folder: Path) -> dict[str, Any] | None:
 
 def restore_latest(accelerator: Accelerator, output_dir: Path, recipe: Recipe) -> tuple[LoopState, Path]:
     """Load the newest complete checkpoint (falling back past a corrupt one); return the loop's position and it."""
-    from .train import LoopState
-
     candidates = list(reversed(checkpoint_dirs(output_dir)))
     if not candidates:
         raise ResumeError(f"--resume: no checkpoint under {output_dir / 'checkpoints'}; start without --resume")

@@ -322,7 +322,7 @@ def compare(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .outputs import OutputDirError
+    from .errors import OutputDirError
     from .train import train
 
     base = load_recipe(recipe_path, overrides)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence
 
+from .errors import DataError
 from .recipe import Recipe
 from .sources import BBC_NEWS, Resolved, load_function, resolve_dataset_source
 
@@ -30,10 +31,6 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 FILE_KINDS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """Data that does not fit the recipe; the message names the file or split, the row and the column."""
 
 
 @dataclass

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .fileio import file_sha256
+
 logger = logging.getLogger(__name__)
 
 HUB_ID = "timm/tf_efficientnet_lite0.in1k"
@@ -111,8 +113,6 @@ def mirror_folder(root: Path | None = None) -> tuple[Path, str] | None:
     weights = packaged_weights()
     if weights is None:
         return None
-    from .sources import file_sha256  # sources imports this module: imported here, not at the top
-
     source_sha = file_sha256(weights)
     folder = (root or mirror_root()) / f"{source_sha[:16]}-v{FORMAT}"
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():

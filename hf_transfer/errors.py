@@ -1,14 +1,39 @@
-"""The user-facing error classes: the CLI prints these as one clear line instead of a traceback."""
+"""Every user-facing error class, at the bottom of the import graph: the CLI prints these as one clear line."""
 
 from __future__ import annotations
 
-from .checkpoints import ResumeError
-from .data import DataError
-from .outputs import OutputDirError
-from .recipe import RecipeError
-from .sources import SourceError
-from .strategies import StrategyError
-from .train import TrainingError
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the key path, the value and what is allowed."""
+
+
+class SourceError(RuntimeError):
+    """Nothing could serve a model or dataset; the message lists what was tried and how to fix it."""
+
+
+class DataError(ValueError):
+    """Data that does not fit the recipe; the message names the file or split, the row and the column."""
+
+
+class StrategyError(ValueError):
+    """A strategy setting that does not fit the model; the message names the recipe key."""
+
+
+class OutputDirError(RuntimeError):
+    """The output folder cannot be used without losing existing results."""
+
+
+class ResumeError(RuntimeError):
+    """No usable checkpoint, or one written by a different recipe."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a misconfigured launch); the message says where and why."""
+
+
+class PublishError(RuntimeError):
+    """A push that could not be done; the message says why and what to do, and never contains a token."""
+
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     RecipeError,
@@ -18,11 +43,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     OutputDirError,
     ResumeError,
     TrainingError,
+    PublishError,
     FileNotFoundError,
 )
-try:
-    from .hub import PublishError
-
-    USER_ERRORS += (PublishError,)
-except ImportError:  # pragma: no cover - hub.py always ships; guard keeps the CLI usable mid-refactor
-    pass

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .fileio import file_sha256
 from .image_features import (
     IMAGE_FEATURE_LAYER,
     ImageFeatureHead,
@@ -30,7 +31,6 @@ from .image_features import (
     image_content_digest,
     processor_digest,
 )
-from .sources import file_sha256
 from .strategies import StrategyError
 from .tasks import is_image_task, is_pooled
 

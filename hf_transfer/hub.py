@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,9 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
+
+from .errors import PublishError
+from .fileio import read_json
 
 try:
     from httpx2 import TransportError  # the HTTP client of huggingface_hub >= 2
@@ -48,10 +50,6 @@ class PublishResult:
     files: list[str] = field(default_factory=list)
 
 
-class PublishError(RuntimeError):
-    """A push that could not be done; the message says why and what to do, and never contains a token."""
-
-
 # -- model card -------------------------------------------------------------------------------------------------------
 
 
@@ -64,11 +62,11 @@ def render_model_card(
     the folder's files (no dates), so an unchanged folder renders byte-identical cards.
     """
     output_dir = Path(output_dir)
-    run = _read_json(output_dir / "run.json")
-    metrics = _read_json(output_dir / "metrics.json")
+    run = read_json(output_dir / "run.json")
+    metrics = read_json(output_dir / "metrics.json")
     recipe_text = public_recipe_text(output_dir)
     recipe = yaml.safe_load(recipe_text) or {}
-    config = _read_json(output_dir / "config.json")
+    config = read_json(output_dir / "config.json")
     repo_id = repo_id or (recipe.get("hub") or {}).get("repo_id")
     name = repo_id.split("/")[-1] if repo_id else output_dir.name
     base_model = _hub_id(run.get("base_model"))
@@ -110,10 +108,6 @@ def write_model_card(output_dir: Path) -> Path:
     path = output_dir / CARD
     path.write_text(card.content, encoding="utf-8")
     return path
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -344,7 +338,7 @@ def public_recipe_text(output_dir: Path) -> str:
     if not path.exists():
         return ""
     recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    run = _read_json(Path(output_dir) / "run.json")
+    run = read_json(Path(output_dir) / "run.json")
     dataset = run.get("dataset") or {}
     recipe["model"] = run.get("base_model") or Path(str(recipe.get("model", ""))).name
     data = recipe.get("data") or {}
@@ -424,7 +418,7 @@ def publish(
         files["recipe.yaml"] = public_recipe_text(output_dir).encode()
     secret = _read_secret(space_secret_token_name) if space and space_secret_token_name else None
     space_files = _space_files(repo_id, output_dir, adapter) if space else {}
-    strategy = _read_json(output_dir / "run.json").get("strategy", "")
+    strategy = read_json(output_dir / "run.json").get("strategy", "")
 
     api = HfApi(token=token)
     with _hub_errors(api, repo_id):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from .errors import OutputDirError
+from .fileio import write_json_atomic
 from .recipe import Recipe
 from .tasks import POOLED_MODEL_FILE, TASKS, is_image_task, is_pooled, mark_pooled_for_export, pooled_model_source
 
@@ -27,10 +28,6 @@ logger = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "peft", "accelerate", "evaluate", "huggingface_hub")
 EXAMPLES_IN_CARD = 5
-
-
-class OutputDirError(RuntimeError):
-    """The output folder cannot be used without losing existing results."""
 
 
 WRITE_PROBE = ".hf_transfer-write-test"
@@ -86,20 +83,6 @@ def available_trackers(names: list[str]) -> list[str]:
     return usable
 
 
-def append_jsonl(path: Path, entry: dict[str, Any], is_main: bool) -> None:
-    if is_main:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-
-
-def rewrite_jsonl(path: Path, entries: list[dict[str, Any]], is_main: bool) -> None:
-    """Replace a JSON-lines file with `entries` (written to a temporary file, then renamed)."""
-    if is_main:
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
-        os.replace(temporary, path)
-
-
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in VERSIONED_PACKAGES + ("hf-transfer-recipes",):
@@ -124,12 +107,6 @@ def model_license(model_dir: Path) -> str | None:
         return None
     value = meta.get("license") if isinstance(meta, dict) else None
     return str(value) if value else None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def plot_confusion_matrix(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:

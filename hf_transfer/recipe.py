@@ -10,16 +10,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import RecipeError
+
 TaskName = Literal["text-classification", "multi-label-classification", "text-regression", "image-classification"]
 StrategyName = Literal["head", "partial", "lora", "full"]
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
 PoolingName = Literal["cls", "mean", "pooler"]
 HeadType = Literal["linear", "mlp", "lbfgs"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file, the key path, the value and what is allowed."""
 
 
 class _Section(BaseModel):

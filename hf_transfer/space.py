@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .fileio import read_json
+
 if TYPE_CHECKING:
     import gradio as gr
 
@@ -42,8 +44,8 @@ def is_own_architecture(folder: Path) -> bool:
     the folder alone, never at another repo's code (`other/repo--module.Class`).
     """
     folder = Path(folder)
-    run = _read_json(folder / "run.json")
-    auto_map = _read_json(folder / "config.json").get("auto_map") or {}
+    run = read_json(folder / "run.json")
+    auto_map = read_json(folder / "config.json").get("auto_map") or {}
     refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value]) if ref]
     return (
         run.get("produced_by") == "hf_transfer"
@@ -68,11 +70,11 @@ def render_space_files(
     `trust_remote_code`: app.py may run `repo_id`'s own code (default: `is_own_architecture(output_dir)`).
     """
     folder = Path(output_dir) if output_dir is not None else None
-    run = _read_json(folder / "run.json") if folder else {}
+    run = read_json(folder / "run.json") if folder else {}
     task = run.get("pipeline_tag") or "text-classification"
     is_image = task == "image-classification"
     # A timm model (TimmWrapper) needs timm in the Space; transformers' own vision models do not.
-    is_timm = folder is not None and _read_json(folder / "config.json").get("model_type") == "timm_wrapper"
+    is_timm = folder is not None and read_json(folder / "config.json").get("model_type") == "timm_wrapper"
     if adapter is None:
         adapter = folder is not None and any(
             (folder / sub / "adapter_config.json").is_file() for sub in ("adapter", "")
@@ -207,8 +209,3 @@ def _gradio_version() -> str:
         return version("gradio")
     except PackageNotFoundError:
         return TESTED_GRADIO
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON file's content, or {} when the file is absent."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

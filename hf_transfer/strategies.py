@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 from transformers import PreTrainedModel
 
+from .errors import StrategyError
 from .recipe import Recipe
 from .tasks import is_pooled
 
@@ -18,10 +19,6 @@ HEAD_MODULE_NAMES = ("classifier", "pooler", "pre_classifier", "score")
 (untrained in sentence-transformers checkpoints). They train in every strategy."""
 
 DEFAULT_PARTIAL_LAYERS = 3
-
-
-class StrategyError(ValueError):
-    """A strategy setting that does not fit the model; the message names the recipe key."""
 
 
 def head_module_names(model: nn.Module) -> list[str]:

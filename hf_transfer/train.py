@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import checkpoints, outputs
 from .data import prepare_data, tokenize_splits
+from .errors import TrainingError
 from .features import (
     FeatureCache,
     FeatureHead,
@@ -32,6 +32,7 @@ from .features import (
     feature_head,
     fit_logistic_head,
 )
+from .fileio import append_jsonl, rewrite_jsonl
 from .images import collate_images, transformed_splits
 from .metrics import compute_metrics, flat_scores
 from .recipe import Recipe, TrainingConfig
@@ -47,23 +48,6 @@ from .strategies import (
 from .tasks import TASKS, build_model, choose_pooling, is_image_task, load_tokenizer, probabilities
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, a misconfigured launch); the message says where and why."""
-
-
-@dataclass
-class LoopState:
-    """What a checkpoint must restore besides the weights, optimizer, scheduler and RNG states."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_score: float | None = None
-    best_epoch: int | None = None
-    evals_without_improvement: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 CPU_THREADS_ENV = "HF_TRANSFER_CPU_THREADS"
@@ -434,12 +418,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
 
-    state, restored_from = LoopState(), None
+    state, restored_from = checkpoints.LoopState(), None
     if resume:
         state, restored_from = checkpoints.restore_latest(accelerator, out, recipe)
         # A killed run may have logged evaluations after its newest checkpoint; they are redone from here, so the log
         # restarts from the checkpoint's history instead of holding them twice.
-        outputs.rewrite_jsonl(out / "train_log.jsonl", state.history, accelerator.is_main_process)
+        rewrite_jsonl(out / "train_log.jsonl", state.history, accelerator.is_main_process)
     if accelerator.is_main_process:
         accelerator.init_trackers("hf_transfer", config=_flat_config(recipe.model_dump(mode="json")))
 
@@ -473,7 +457,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         entry = {"epoch": epoch, "step": state.global_step, **{f"validation_{k}": v for k, v in scores.items()}}
         state.history.append(entry)
         accelerator.log(entry, step=state.global_step)
-        outputs.append_jsonl(log_path, entry, accelerator.is_main_process)
+        append_jsonl(log_path, entry, accelerator.is_main_process)
         logger.info("epoch %d step %d validation %s = %.4f", epoch, state.global_step, metric_name, value)
         # Early stopping is decided on the main process and broadcast, so every rank leaves the loop together.
         if t.early_stopping_patience and state.evals_without_improvement >= t.early_stopping_patience:
