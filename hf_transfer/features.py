@@ -31,8 +31,9 @@ from .image_features import (
     image_content_digest,
     processor_digest,
 )
+from .pooled import is_pooled
 from .strategies import StrategyError
-from .tasks import is_image_task, is_pooled
+from .tasks import is_image_task
 
 if TYPE_CHECKING:
     from .recipe import HeadConfig, Recipe

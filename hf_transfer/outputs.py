@@ -15,8 +15,9 @@ import yaml
 
 from .errors import OutputDirError
 from .fileio import write_json_atomic
+from .pooled import POOLED_MODEL_FILE, is_pooled, mark_pooled_for_export, pooled_model_source
 from .recipe import Recipe
-from .tasks import POOLED_MODEL_FILE, TASKS, is_image_task, is_pooled, mark_pooled_for_export, pooled_model_source
+from .tasks import TASKS, is_image_task
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -9,8 +9,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .errors import StrategyError
+from .pooled import is_pooled
 from .recipe import Recipe
-from .tasks import is_pooled
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from .recipe import Recipe, RecipeError
+from .errors import RecipeError
+from .pooled import (
+    pooled_model_class,
+)
+from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
-
-POOLED_MODEL_FILE = "modeling_hf_transfer.py"
-POOLED_MODEL_CLASS = "PooledModelForSequenceClassification"
 
 
 @dataclass(frozen=True)
@@ -98,30 +98,6 @@ def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
         # A frozen CLS/pooler head on a mean-pooled sentence encoder is weak (0.61 vs 0.81 on SST-2, GUIDE.md).
         return sentence_transformers_pooling(model_dir) or "pooler"
     return "pooler"
-
-
-def pooled_model_source(config: Any) -> str:
-    """The pooled classifier's source, with its two constants filled in for this backbone family."""
-    template = (Path(__file__).parent / POOLED_MODEL_FILE).read_text(encoding="utf-8")
-    prefix = _base_model_prefix(config)
-    source = template.replace(
-        'BACKBONE_CONFIG_CLASS = "BertConfig"', f'BACKBONE_CONFIG_CLASS = "{type(config).__name__}"'
-    )
-    return source.replace('BACKBONE_PREFIX = "bert"', f'BACKBONE_PREFIX = "{prefix}"')
-
-
-def _base_model_prefix(config: Any) -> str:
-    from transformers import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    native = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None)
-    return getattr(native, "base_model_prefix", None) or config.model_type.replace("-", "_")
-
-
-def pooled_model_class(config: Any) -> type[PreTrainedModel]:
-    """Build the pooled classifier class from the same source that is written into the output folder."""
-    module = types.ModuleType("modeling_hf_transfer")
-    exec(compile(pooled_model_source(config), POOLED_MODEL_FILE, "exec"), module.__dict__)
-    return getattr(module, POOLED_MODEL_CLASS)
 
 
 def load_tokenizer(model_dir: str, recipe: Recipe) -> Any:
@@ -209,15 +185,6 @@ def _build_image_model(recipe: Recipe, model_dir: str, config: Any, pooling: str
         ignore_mismatched_sizes=True,  # the pretrained head (ImageNet's 1,000 classes) is replaced
         use_safetensors=not recipe.allow_pickle or None,
     )
-
-
-def mark_pooled_for_export(model: PreTrainedModel) -> None:
-    """Point the config at the modeling file written beside the weights, so plain transformers can load it."""
-    model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_hf_transfer.{POOLED_MODEL_CLASS}"}
-
-
-def is_pooled(model: PreTrainedModel) -> bool:
-    return type(model).__name__ == POOLED_MODEL_CLASS
 
 
 def predict_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
