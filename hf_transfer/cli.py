@@ -97,31 +97,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from .inference import load_run, predict_inputs, read_texts
-    from .tasks import is_image_task
+    from .inference import load_run, predict_inputs
 
     transformers_logging.disable_progress_bar()  # the output is the predictions, not a loading bar
     run = load_run(args.output_dir)
-    texts = list(args.texts)
-    image = is_image_task(run.recipe.task)
+    inputs = list(args.texts)
     if args.file:
-        column = run.recipe.data.image_column if image else run.recipe.data.text_column
-        texts += read_texts(Path(args.file), column)
-    if not texts:
-        print(f"error: give {'image files' if image else 'texts'} as arguments or --file", file=sys.stderr)
+        inputs += run.task.read_inputs(Path(args.file), run.recipe)
+    if not inputs:
+        print(f"error: give {run.task.input_noun} as arguments or --file", file=sys.stderr)
         return 2
-    results = predict_inputs(run, texts)
+    results = predict_inputs(run, inputs)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    for text, result in zip(texts, results, strict=True):
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        if "scores" in result:
-            top = sorted(result["scores"].items(), key=lambda item: -item[1])[:3]
-            scores = ", ".join(f"{label} {value:.3f}" for label, value in top)
-            print(f"{result['label']}\t{scores}\t{shown}")
-        else:
-            print(f"{result['score']:.4f}\t{shown}")
+    for value, result in zip(inputs, results, strict=True):
+        print(run.task.format_result(value, result))
     return 0
 
 

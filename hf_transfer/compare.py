@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .recipe import Recipe, RecipeError, StrategyConfig, load_recipe, parse_override
+from .tasks import task_for
 
 logger = logging.getLogger(__name__)
 
@@ -326,10 +327,8 @@ def compare(
     from .train import train
 
     base = load_recipe(recipe_path, overrides)
-    if base.task == "text-regression":
-        raise RecipeError(
-            "task 'text-regression': `hf-transfer compare` ranks runs by accuracy, which regression lacks"
-        )
+    if task_for(base.task).compare_metric is None:
+        raise RecipeError(f"task {base.task!r}: `hf-transfer compare` ranks runs by accuracy, which this task lacks")
     folder = Path(output_dir) if output_dir else default_compare_dir(base)
     specs = split_specs(specs)
     runs = []

@@ -1,5 +1,6 @@
-"""Frozen-backbone features: run the backbone once, then train the head on the pooled features instead of the inputs
-(text, or images through `image_features.py`); the on-disk feature cache; the heads fitted on features."""
+"""Frozen-backbone features: run the backbone once, then train the head on the pooled features instead of the inputs;
+the pooled text model's features, the on-disk feature cache, and the heads fitted on features (each task's
+`FeatureExtractor` says how its features are computed and keyed)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,15 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .errors import StrategyError
 from .fileio import file_sha256
-from .image_features import (
-    IMAGE_FEATURE_LAYER,
-    ImageFeatureHead,
-    classifier_linear,
-    extract_image_features,
-    image_classifier,
-    image_content_digest,
-    processor_digest,
-)
 from .pooled import is_pooled
-from .strategies import StrategyError
-from .tasks import is_image_task
+from .sampling import weighted_loss
 
 if TYPE_CHECKING:
     from .recipe import HeadConfig, Recipe
     from .sources import Resolved
+    from .tasks.spec import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +41,20 @@ FEATURE_LAYER = "last_hidden_state"
 """The backbone output the head pools; part of the key so another layer can never be served from this one."""
 
 
-def can_use_cached_features(model: nn.Module, augments: bool = False) -> bool:
-    """True when everything below the classifier is frozen and deterministic: the project's pooled head model with
-    only `classifier` trainable, or an image model whose one-linear-layer classifier is all that trains and whose
-    training images are not augmented (`augments`: each epoch would draw new crops). Then one forward pass per
-    example replaces one per example per epoch."""
+def pooled_feature_head(model: nn.Module) -> nn.Module | None:
+    """The pooled model's own head on cached features, when everything below its classifier is frozen (and so
+    deterministic): then one forward pass per example replaces one per example per epoch. None otherwise."""
     if not is_pooled(model):
-        return not augments and image_classifier(model) is not None
+        return None
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
-    return trainable == {"classifier"}
+    return FeatureHead(model) if trainable == {"classifier"} else None
 
 
-def feature_head(model: nn.Module) -> nn.Module:
-    """The model's own classifier (with its dropout, for text) as a module of cached features."""
-    return FeatureHead(model) if is_pooled(model) else ImageFeatureHead(model)
+def classifier_linear(classifier: nn.Module) -> nn.Linear:
+    """The one linear layer of a classifier module (itself, for a plain `nn.Linear`)."""
+    if isinstance(classifier, nn.Linear):
+        return classifier
+    return next(m for m in classifier.modules() if isinstance(m, nn.Linear))
 
 
 class FeatureHead(nn.Module):
@@ -83,7 +76,7 @@ def _length_sorted_loader(
     accelerator: Accelerator, dataset: Dataset, tokenizer: Any, batch_size: int
 ) -> tuple[DataLoader, list[int]]:
     """Batches of similar length (little padding), shared across processes, and the order that sorts them."""
-    lengths = dataset["length"]
+    lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     not_inputs = [c for c in ("labels", "label", "length") if c in dataset.column_names]
     ordered = dataset.select(order).remove_columns(not_inputs)
@@ -217,40 +210,29 @@ class FeatureCache:
         cls,
         recipe: Recipe,
         model_source: Resolved,
-        tokenizer: Any,
+        preprocessor: Any,
         pooling: str,
         splits: DatasetDict,
         model: nn.Module,
+        extractor: FeatureExtractor,
         layer: str = FEATURE_LAYER,
     ) -> FeatureCache | None:
         """The cache for this run's features, or None when `strategy.feature_cache` (or the environment) is off.
-        `layer` names the backbone output that is pooled (`hidden_state_layer(i)` for the i-th hidden state)."""
+        `layer` names the backbone output that is pooled (`hidden_state_layer(i)` for the i-th hidden state); the
+        task's extractor adds what else its features depend on (tokenizer and length, or image processor)."""
         root = feature_cache_root(recipe.strategy.feature_cache)
         if root is None:
             return None
-        if is_image_task(recipe.task):
-            key = {
-                "format": CACHE_FORMAT,
-                "model": model_source.hub_id,
-                "model_source": model_digest(model_source),
-                "layer": IMAGE_FEATURE_LAYER,
-                "pooling": pooling,
-                "processor": processor_digest(tokenizer),
-                "dtype": str(next(model.parameters()).dtype),
-            }
-            return cls(root, key, {name: image_content_digest(split) for name, split in splits.items()})
         key = {
             "format": CACHE_FORMAT,
             "model": model_source.hub_id,
             "model_source": model_digest(model_source),
             "layer": layer,
             "pooling": pooling,
-            "normalize": bool(getattr(model.config, "hf_transfer_normalize", False)),
-            "max_length": recipe.data.max_length,
-            "tokenizer": tokenizer_digest(tokenizer),
             "dtype": str(next(model.parameters()).dtype),
+            **extractor.cache_key(recipe, preprocessor, model),
         }
-        return cls(root, key, {name: text_digest(split) for name, split in splits.items()})
+        return cls(root, key, {name: extractor.content_digest(split) for name, split in splits.items()})
 
     def split_key(self, split: str) -> dict[str, Any]:
         return {**self.key, "split": split, "texts": self.texts[split]}
@@ -322,20 +304,19 @@ def _cached_on_every_rank(accelerator: Accelerator, cache: FeatureCache, split: 
 def feature_datasets(
     accelerator: Accelerator,
     model: nn.Module,
-    tokenized: DatasetDict,
-    tokenizer: Any,
+    encoded: DatasetDict,
+    preprocessor: Any,
     batch_size: int,
+    extract: Any,
     cache: FeatureCache | None = None,
 ) -> DatasetDict:
-    """Every split as `features` + `labels`, computed once with the frozen backbone, or read from the cache."""
+    """Every split as `features` + `labels`, computed once with the frozen backbone (`extract`: the task's
+    FeatureExtractor.extract), or read from the cache."""
     splits = {}
-    for name, split in tokenized.items():
+    for name, split in encoded.items():
         features = _cached_on_every_rank(accelerator, cache, name, len(split)) if cache else None
         if features is None:
-            if is_pooled(accelerator.unwrap_model(model)):
-                features = extract_features(accelerator, model, split, tokenizer, batch_size, f"features: {name}")
-            else:
-                features = extract_image_features(accelerator, model, split, batch_size, f"features: {name}")
+            features = extract(accelerator, model, split, preprocessor, batch_size, f"features: {name}")
             logger.info("computed %d feature vectors for split %r", len(split), name)
             if cache is not None and accelerator.is_main_process:
                 cache.store(name, features)
@@ -421,3 +402,42 @@ def fit_logistic_head(
 
 def collate_features(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {"features": torch.stack([r["features"] for r in rows]), "labels": torch.stack([r["labels"] for r in rows])}
+
+
+def warm_up_head(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    train_split: Any,
+    tokenizer: Any,
+    batch_size: int,
+    cache: FeatureCache | None,
+    recipe: Recipe,
+    class_weight: torch.Tensor | None,
+) -> None:
+    """LP-FT: train the head alone on frozen pooled features (computed once, or read from the feature cache), so
+    fine-tuning starts from a head that fits instead of a random one whose gradients would distort the backbone."""
+    s, t = recipe.strategy, recipe.training
+    pooled = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: B = 0, the base model
+    pooled.to(accelerator.device)
+    splits = DatasetDict({"train": train_split})
+    features = feature_datasets(accelerator, pooled, splits, tokenizer, batch_size, extract_features, cache)
+    rows = features["train"][:]
+    x, y = rows["features"].to(accelerator.device), rows["labels"].to(accelerator.device)
+    head = FeatureHead(pooled)
+    optimizer = torch.optim.AdamW(
+        [p for p in head.parameters() if p.requires_grad], lr=s.warmup_head_lr, weight_decay=t.weight_decay
+    )
+    generator = torch.Generator().manual_seed(t.seed)
+    head.train()
+    for _ in range(s.warmup_head_epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(t.batch_size):
+            output = head(x[batch], y[batch])
+            loss = output.loss if class_weight is None else weighted_loss(output.logits, y[batch], class_weight)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    with torch.no_grad():
+        # Every rank ran the same steps on the same features; rank 0's head becomes everyone's, bit for bit.
+        for parameter in head.parameters():
+            parameter.copy_(broadcast(parameter.detach().clone(), from_process=0))
+    logger.info("head warm-up: %d epochs on frozen features, last loss %.4f", s.warmup_head_epochs, loss.item())

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from .anatomy import head_module_names
 from .images import image_contents
-from .strategies import head_module_names
 
 IMAGE_FEATURE_LAYER = "classifier_input"
 """The cache's `layer` key for image features: the input of the model's classifier module."""
@@ -46,13 +46,6 @@ def image_classifier(model: nn.Module) -> nn.Module | None:
     if not one_linear or not all(isinstance(m, (nn.Linear, *PASS_THROUGH)) for m in parts):
         return None  # a classifier of its own kind computes more than a linear map: it trains on the images
     return classifier
-
-
-def classifier_linear(classifier: nn.Module) -> nn.Linear:
-    """The one linear layer of a classifier module (itself, for a plain `nn.Linear`)."""
-    if isinstance(classifier, nn.Linear):
-        return classifier
-    return next(m for m in classifier.modules() if isinstance(m, nn.Linear))
 
 
 class ImageFeatureHead(nn.Module):
@@ -111,3 +104,8 @@ def processor_digest(processor: Any) -> str:
     """What decides the pixels: the image processor's class and every setting (size, crop, mean, std, resample)."""
     tree = {"class": type(processor).__name__, "settings": processor.to_dict()}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def image_feature_head(model: nn.Module) -> nn.Module | None:
+    """The image model's own classifier on cached features, when a one-linear-layer classifier is all that trains."""
+    return ImageFeatureHead(model) if image_classifier(model) is not None else None

@@ -111,7 +111,7 @@ def _table_rows(path: Path, recipe: Recipe) -> dict[str, list]:
 def _local_splits(root: Path, recipe: Recipe, skips: SkipLog) -> dict[str, dict[str, list]]:
     """A folder of split folders of class folders (train/ants, val/bees), of split tables (train.csv), or of class
     folders alone (everything is train); or one table file."""
-    from .data import DataError, _split_files
+    from .data import DataError, split_files
 
     extensions = recipe.data.image_extensions
     if root.is_file():
@@ -125,7 +125,7 @@ def _local_splits(root: Path, recipe: Recipe, skips: SkipLog) -> dict[str, dict[
             split_dirs[split] = child
     if split_dirs:
         return {split: _class_folder_rows(path, extensions, skips, split) for split, path in split_dirs.items()}
-    tables = _split_files(root)
+    tables = split_files(root)
     if tables:
         return {split: _table_rows(path, recipe) for split, path in tables.items()}
     rows = _class_folder_rows(root, extensions, skips, "train")
@@ -204,7 +204,7 @@ def load_image_splits(recipe: Recipe, source: Any) -> tuple[DatasetDict, dict[st
 
 def encode_image_labels(splits: DatasetDict, recipe: Recipe, names: list[str]) -> DatasetDict:
     """Labels as ids into `names`; a label an evaluation split has but train lacks is an error naming the row."""
-    from .data import DataError, _encode_label
+    from .data import DataError, encode_label
 
     index = {name: i for i, name in enumerate(names)}
     int_labels = bool(recipe.data.label_names) or not all(n.lstrip("-").isdigit() for n in names)
@@ -216,7 +216,7 @@ def encode_image_labels(splits: DatasetDict, recipe: Recipe, names: list[str]) -
             if isinstance(feature, ClassLabel) and not recipe.data.label_names:
                 value = feature.int2str(value)
             try:
-                ids.append(_encode_label(value, names, index, int_labels))
+                ids.append(encode_label(value, names, index, int_labels))
             except (KeyError, ValueError, TypeError):
                 raise DataError(
                     f"split {split_name!r}, row {row}: label {value!r} does not occur in train; known labels: "

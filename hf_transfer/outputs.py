@@ -17,13 +17,13 @@ from .errors import OutputDirError
 from .fileio import write_json_atomic
 from .pooled import POOLED_MODEL_FILE, is_pooled, mark_pooled_for_export, pooled_model_source
 from .recipe import Recipe
-from .tasks import TASKS, is_image_task
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from .data import PreparedData
     from .sources import Resolved
+    from .tasks.spec import Task
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +140,9 @@ def save_output_folder(
     out: Path,
     *,
     recipe: Recipe,
+    task: Task,
     model: Any,
-    tokenizer: Any,
+    preprocessor: Any,
     model_source: Resolved,
     data: PreparedData,
     pooling: str,
@@ -155,7 +156,37 @@ def save_output_folder(
     unwrapped = accelerator.unwrap_model(model)
     if not accelerator.is_main_process:
         return
-    hub_id = model_source.hub_id
+    is_peft = _save_weights(out, unwrapped, state_dict, model_source.hub_id)
+    preprocessor.save_pretrained(out)
+    _scrub_local_paths(out, model_source.location)
+    (out / "recipe.yaml").write_text(
+        "# The resolved recipe of this run. Rerun: hf-transfer train recipe.yaml --output-dir NEW_FOLDER\n"
+        + recipe.to_yaml(),
+        encoding="utf-8",
+    )
+    write_json_atomic(out / "metrics.json", metrics)
+    names = [data.labels.id2label[i] for i in range(len(data.labels.id2label))]
+    examples = []
+    if eval_predictions is not None:
+        raw_scores, predictions = eval_predictions
+        split = data.splits[eval_split]
+        for index in range(min(EXAMPLES_IN_CARD, len(split))):
+            examples.append(task.example(out, split, index, raw_scores[index], predictions[index], names))
+    run = _run_record(recipe, task, unwrapped, model_source, data, pooling, metrics, details, eval_split)
+    run.update(examples=examples, adapter=is_peft)
+    write_json_atomic(out / "run.json", run)
+    if details.get("confusion_matrix"):
+        title = f"{model_source.hub_id}\n{recipe.strategy.kind} · {eval_split} split"
+        plot_confusion_matrix(details["confusion_matrix"], names, out / "confusion_matrix.png", title)
+    from .hub import write_model_card
+
+    write_model_card(out)
+    logger.info("wrote %s", out)
+
+
+def _save_weights(out: Path, unwrapped: Any, state_dict: dict[str, Any], hub_id: str) -> bool:
+    """The model's weights and config (its own architecture file beside them when pooled); a LoRA run saves the
+    merged model at the top and the adapter in `adapter/`. Returns whether it was a LoRA run."""
     is_peft = hasattr(unwrapped, "peft_config")
     if is_peft:
         unwrapped.peft_config["default"].base_model_name_or_path = hub_id
@@ -164,43 +195,37 @@ def save_output_folder(
         merged = unwrapped.merge_and_unload()
         merged.config._name_or_path = hub_id
         merged.save_pretrained(out)
-    else:
-        unwrapped.config._name_or_path = hub_id
-        if is_pooled(unwrapped):
-            mark_pooled_for_export(unwrapped)
-            (out / POOLED_MODEL_FILE).write_text(pooled_model_source(unwrapped.config), encoding="utf-8")
-        unwrapped.save_pretrained(out, state_dict=state_dict)
-    tokenizer.save_pretrained(out)
-    _scrub_local_paths(out, model_source.location)
+        return True
+    unwrapped.config._name_or_path = hub_id
+    if is_pooled(unwrapped):
+        mark_pooled_for_export(unwrapped)
+        (out / POOLED_MODEL_FILE).write_text(pooled_model_source(unwrapped.config), encoding="utf-8")
+    unwrapped.save_pretrained(out, state_dict=state_dict)
+    return False
 
-    (out / "recipe.yaml").write_text(
-        "# The resolved recipe of this run. Rerun: hf-transfer train recipe.yaml --output-dir NEW_FOLDER\n"
-        + recipe.to_yaml(),
-        encoding="utf-8",
-    )
-    write_json_atomic(out / "metrics.json", metrics)
 
+def _run_record(
+    recipe: Recipe,
+    task: Task,
+    model: Any,
+    model_source: Resolved,
+    data: PreparedData,
+    pooling: str,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+    eval_split: str,
+) -> dict[str, Any]:
+    """run.json: what ran, on what, from where, and how it scored (the card and the Space read it)."""
     id2label = {str(k): v for k, v in data.labels.id2label.items()}
-    names = [id2label[str(i)] for i in range(len(id2label))]
-    examples = []
-    if eval_predictions is not None:
-        raw_scores, predictions = eval_predictions
-        split = data.splits[eval_split]
-        for index in range(min(EXAMPLES_IN_CARD, len(split))):
-            if is_image_task(recipe.task):
-                examples.append(_image_example(out, split, index, raw_scores[index], predictions[index], names))
-            else:
-                examples.append(_example(recipe.task, split[index], raw_scores[index], predictions[index], names))
-    per_class = {
-        names[int(k)]: v for k, v in (details.get("per_class") or {}).items() if recipe.task != "text-regression"
-    }
-    run = {
+    classes = task.problem_type != "regression"
+    per_class = {id2label[str(k)]: v for k, v in (details.get("per_class") or {}).items() if classes}
+    return {
         "task": recipe.task,
-        "pipeline_tag": TASKS[recipe.task].pipeline_tag,
+        "pipeline_tag": task.pipeline_tag,
         "strategy": recipe.strategy.kind,
         "pooling": pooling,
-        "normalize": bool(getattr(unwrapped.config, "hf_transfer_normalize", False)),
-        "base_model": hub_id,
+        "normalize": bool(getattr(model.config, "hf_transfer_normalize", False)),
+        "base_model": model_source.hub_id,
         "model_source": model_source.record,
         "dataset": {
             "id": data.source.hub_id,
@@ -219,55 +244,12 @@ def save_output_folder(
         "eval_split": eval_split,
         "per_class": per_class,
         "confusion_matrix": details.get("confusion_matrix"),
-        "examples": examples,
+        "examples": [],
         "license": model_license(Path(model_source.location)),
-        "trust_remote_code": is_pooled(unwrapped),
-        "adapter": is_peft,
+        "trust_remote_code": is_pooled(model),
+        "adapter": False,
         "produced_by": "hf_transfer",
     }
-    write_json_atomic(out / "run.json", run)
-    if details.get("confusion_matrix"):
-        title = f"{hub_id}\n{recipe.strategy.kind} · {eval_split} split"
-        plot_confusion_matrix(details["confusion_matrix"], names, out / "confusion_matrix.png", title)
-    from .hub import write_model_card
-
-    write_model_card(out)
-    logger.info("wrote %s", out)
-
-
-def _image_example(
-    out: Path, split: Any, index: int, scores: np.ndarray, prediction: Any, names: list[str]
-) -> dict[str, Any]:
-    """A real evaluation image, copied into `examples/` of the output folder (the card and the Space show it)."""
-    from .images import example_image_bytes
-
-    content, suffix = example_image_bytes(split, index)
-    relative = f"examples/{index}{suffix}"
-    (out / "examples").mkdir(exist_ok=True)
-    (out / relative).write_bytes(content)
-    label = names[int(split.select_columns(["label"])[index]["label"])]
-    return {
-        "image": relative,
-        "label": label,
-        "prediction": names[int(prediction)],
-        "score": round(float(scores[int(prediction)]), 6),
-    }
-
-
-def _example(task: str, row: dict[str, Any], scores: np.ndarray, prediction: Any, names: list[str]) -> dict[str, Any]:
-    example: dict[str, Any] = {"text": row["text"]}
-    if "text_pair" in row:
-        example["text_pair"] = row["text_pair"]
-    if task == "text-regression":
-        example.update(label=float(row["label"]), prediction=float(prediction), score=float(prediction))
-    elif task == "multi-label-classification":
-        example["label"] = [names[i] for i, v in enumerate(row["label"]) if v]
-        example["prediction"] = [names[i] for i, v in enumerate(prediction) if v]
-        example["score"] = round(float(np.max(scores)), 6)
-    else:
-        example.update(label=names[int(row["label"])], prediction=names[int(prediction)])
-        example["score"] = round(float(scores[int(prediction)]), 6)
-    return example
 
 
 def _scrub_local_paths(out: Path, local_location: str) -> None:

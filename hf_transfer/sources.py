@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from . import efficientnet_lite
-from .errors import SourceError
+from .errors import RecipeError, SourceError
 from .fileio import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -258,3 +258,15 @@ def load_function(spec: str) -> Any:
     if not callable(function):
         raise SourceError(f"data.source {spec!r}: module {module_name!r} has no function {function_name!r}")
     return function
+
+
+def check_safetensors(model_dir: Path, recipe: Any) -> None:
+    """Safetensors only, unless the recipe says `allow_pickle: true`: pickle files can run code when loaded."""
+    if any(model_dir.glob("*.safetensors")) or recipe.allow_pickle:
+        return
+    pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+    if pickles:
+        raise RecipeError(
+            f"model {recipe.model!r} has only pickle weights ({', '.join(pickles)}); pickle can execute code on "
+            "load. Convert it to safetensors, or set `allow_pickle: true` in the recipe if you trust the source."
+        )

@@ -4,79 +4,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .errors import StrategyError
+from .anatomy import HEAD_MODULE_NAMES, encoder_layers, head_module_names, parameter_depths
+from .errors import StrategyError, TrainingError
+from .features import FeatureCache, collate_features, feature_datasets, fit_logistic_head, warm_up_head
 from .pooled import is_pooled
-from .recipe import Recipe
+from .recipe import Recipe, TrainingConfig
+from .tasks import TASKS, Encoded, Task
+
+__all__ = ["HEAD_MODULE_NAMES", "STRATEGIES", "apply_strategy", "check_strategy", "count_parameters"]
 
 logger = logging.getLogger(__name__)
 
-HEAD_MODULE_NAMES = ("classifier", "pooler", "pre_classifier", "score")
-"""Modules a checkpoint did not train for this task: the classifier, and BERT's pooler / DistilBERT's pre_classifier
-(untrained in sentence-transformers checkpoints). They train in every strategy."""
 
 DEFAULT_PARTIAL_LAYERS = 3
-
-
-def head_module_names(model: nn.Module) -> list[str]:
-    """Top-level names of the head modules present in this model (e.g. `classifier`, `bert.pooler`)."""
-    found = []
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in HEAD_MODULE_NAMES and module is not None and any(True for _ in module.parameters()):
-            if not any(name.startswith(parent + ".") for parent in found):
-                found.append(name)
-    return found
-
-
-STACK_NAMES = ("layer", "layers", "blocks", "stages", "h")
-"""Names of a backbone's stack of repeated blocks: BERT/ViT `encoder.layer`, ResNet/ConvNeXt `encoder.stages`, timm
-`blocks`, GPT `h`, Llama `layers`."""
-
-
-def encoder_layers(model: nn.Module) -> tuple[str, nn.Module]:
-    """What a "layer" is: one block of the backbone's stack of repeated blocks, counted from the top (output side).
-    The stack is the outermost ModuleList/Sequential with a stack name (`STACK_NAMES`): BERT's and ViT's
-    `encoder.layer` (a transformer layer), ResNet's and ConvNeXt's `encoder.stages` (a stage of residual blocks),
-    timm EfficientNet's `blocks` (a stage of 1–4 inverted-residual blocks). Otherwise the longest ModuleList."""
-    named = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList | nn.Sequential)
-        and len(module) > 1
-        and name.rsplit(".", 1)[-1] in STACK_NAMES
-    ]
-    if named:
-        return min(named, key=lambda item: item[0].count("."))
-    best: tuple[str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and not name.endswith(HEAD_MODULE_NAMES):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    if best is None:
-        raise StrategyError(f"cannot find the stack of layers in {type(model).__name__} for strategy.kind 'partial'")
-    return best
-
-
-def parameter_depths(model: nn.Module) -> dict[str, int]:
-    """Every parameter's depth below the top, in layers (see `encoder_layers`): 0 for the head and whatever follows
-    the stack, d for the d-th layer from the top (1 = the top layer), L + 1 for what precedes the stack
-    (embeddings). Registration order tells what precedes from what follows."""
-    stack_name, stack = encoder_layers(model)
-    heads = head_module_names(model)
-    depths, after_stack = {}, False
-    for name, _ in model.named_parameters():
-        if name.startswith(stack_name + "."):
-            depths[name] = len(stack) - int(name[len(stack_name) + 1 :].split(".", 1)[0])
-            after_stack = True
-        elif after_stack or any(name.startswith(head + ".") for head in heads):
-            depths[name] = 0
-        else:
-            depths[name] = len(stack) + 1
-    return depths
 
 
 def unfreeze_schedule(model: nn.Module, recipe: Recipe) -> dict[str, int] | None:
@@ -94,18 +41,13 @@ def _freeze_all_but(model: nn.Module, trainable_prefixes: list[str]) -> None:
         parameter.requires_grad = any(name == p or name.startswith(p + ".") for p in trainable_prefixes)
 
 
-def apply_head(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
+def apply_head(model: PreTrainedModel, recipe: Recipe, task: Task) -> PreTrainedModel:
     """Feature extraction: the backbone is frozen, only the head trains."""
-    if recipe.strategy.head.type == "lbfgs" and recipe.task not in ("text-classification", "image-classification"):
-        raise StrategyError(
-            f"strategy.head.type 'lbfgs' fits single-label classification, not task {recipe.task!r}; "
-            "use 'linear' or 'mlp'"
-        )
     _freeze_all_but(model, head_module_names(model))
     return model
 
 
-def apply_partial(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
+def apply_partial(model: PreTrainedModel, recipe: Recipe, task: Task) -> PreTrainedModel:
     """Unlock the last N layers of the backbone, what sits above them (ViT's final norm, EfficientNet's conv_head) and
     the head; N = strategy.layers. Depths as `parameter_depths` counts them."""
     count = recipe.strategy.layers or DEFAULT_PARTIAL_LAYERS
@@ -118,9 +60,9 @@ def apply_partial(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
     return model
 
 
-def apply_lora(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
+def apply_lora(model: PreTrainedModel, recipe: Recipe, task: Task) -> nn.Module:
     """Low-rank adapters (PEFT) on the backbone's linear layers; the head trains in full (`modules_to_save`)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     strategy = recipe.strategy
     targets = strategy.target_modules or "all-linear"
@@ -140,10 +82,9 @@ def apply_lora(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
         targets = _pointwise_convolutions(model)  # full names: a 3×3 convolution may share a 1×1 one's leaf name
         if not targets:
             raise StrategyError(f"{recipe.model!r} has no linear or 1×1 convolution layers for LoRA")
-    image_model = "pixel_values" in getattr(model, "main_input_name", "") or recipe.task == "image-classification"
     config = LoraConfig(
-        # The sequence-classification wrapper feeds input_ids; an image model takes pixel_values as they come.
-        task_type=None if image_model else TaskType.SEQ_CLS,
+        # The sequence-classification wrapper feeds input_ids; other models take their inputs as they come.
+        task_type=task.peft_task_type,
         r=strategy.r,
         lora_alpha=strategy.alpha or 2 * strategy.r,
         lora_dropout=strategy.dropout,
@@ -173,14 +114,14 @@ def _pointwise_convolutions(model: nn.Module) -> list[str]:
     ]
 
 
-def apply_full(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
+def apply_full(model: PreTrainedModel, recipe: Recipe, task: Task) -> PreTrainedModel:
     """Everything trains."""
     for parameter in model.parameters():
         parameter.requires_grad = True
     return model
 
 
-STRATEGIES: dict[str, Callable[[PreTrainedModel, Recipe], nn.Module]] = {
+STRATEGIES: dict[str, Callable[[PreTrainedModel, Recipe, Task], nn.Module]] = {
     "head": apply_head,
     "partial": apply_partial,
     "lora": apply_lora,
@@ -188,20 +129,33 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, Recipe], nn.Module]] = {
 }
 
 
-def apply_strategy(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
-    """The only strategy-dependent step: returns the model with exactly the chosen parameters trainable."""
-    if recipe.training.layer_lr_decay and recipe.strategy.kind == "head":
+def check_strategy(model: PreTrainedModel, recipe: Recipe, task: Task) -> None:
+    """Every rule that depends on the task or the model, checked once before anything trains (rules between recipe
+    keys alone are the recipe's validators)."""
+    s, t = recipe.strategy, recipe.training
+    if t.layer_lr_decay and s.kind == "head":
         raise StrategyError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
-    if recipe.strategy.warmup_head_epochs and recipe.task == "image-classification":
+    if s.head.type == "lbfgs" and not task.single_label:
         raise StrategyError(
-            "strategy.warmup_head_epochs (LP-FT) is built for text models only; for images, train a `head` run "
-            "first and fine-tune from its output folder (model: that folder)"
+            f"strategy.head.type 'lbfgs' fits single-label classification, not task {task.name!r}; "
+            "use 'linear' or 'mlp'"
         )
-    if recipe.strategy.warmup_head_epochs and not is_pooled(model):
+    for key, used in (("class_weights", t.class_weights != "none"), ("balanced_sampler", t.balanced_sampler)):
+        if used and not task.single_label:
+            raise TrainingError(f"training.{key} applies to single-label classification, not task {task.name!r}")
+    if s.warmup_head_epochs and task.warmup_refusal:
+        raise StrategyError(task.warmup_refusal)
+    if s.warmup_head_epochs and not is_pooled(model):
         raise StrategyError(
             "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"
         )
-    model = STRATEGIES[recipe.strategy.kind](model, recipe)
+
+
+def apply_strategy(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
+    """The strategy's model transform, after its rules: the model with exactly the chosen parameters trainable."""
+    task = TASKS[recipe.task]
+    check_strategy(model, recipe, task)
+    model = STRATEGIES[recipe.strategy.kind](model, recipe, task)
     trainable, total = count_parameters(model)
     logger.info("strategy %s: %s of %s parameters trainable", recipe.strategy.kind, f"{trainable:,}", f"{total:,}")
     return model
@@ -220,3 +174,106 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 module.eval()
+
+
+def optimizer_groups(model: torch.nn.Module, t: TrainingConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters: biases and norms without weight decay, and with
+    `training.layer_lr_decay` one learning rate per depth (strategies.parameter_depths): lr × decay^(depth − 1), so
+    the head and the top layer train at lr and the embeddings lowest."""
+    depths = parameter_depths(model) if t.layer_lr_decay else {}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        depth, decayed = depths.get(name, 0), parameter.ndim >= 2  # biases and norms are not decayed
+        lr = t.lr * (t.layer_lr_decay or 1.0) ** max(depth - 1, 0)
+        group = groups.setdefault((depth, not decayed), {"params": [], "weight_decay": 0.0, "lr": lr})
+        group["weight_decay"] = t.weight_decay if decayed else 0.0
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
+
+
+def not_yet_unfrozen(model: torch.nn.Module, unfreeze_at: dict[str, int] | None, epoch: int) -> list[Any]:
+    """Gradual unfreezing: the parameters whose turn has not come. They stay trainable, so DDP wraps and all-reduces
+    them from the start and the optimizer holds them; dropping their gradients before each step means AdamW neither
+    moves, decays nor keeps moments for them until their epoch."""
+    if not unfreeze_at:
+        return []
+    waiting = [p for name, p in model.named_parameters() if unfreeze_at.get(name, 0) > epoch]
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "epoch %d: %d of %d trainable tensors train (strategy.unfreeze_every)",
+        epoch,
+        trainable - len(waiting),
+        trainable,
+    )
+    return waiting
+
+
+@dataclass
+class Fit:
+    """What the loop trains, as the strategy arranged it before the first epoch."""
+
+    model: nn.Module
+    """What the loop steps: the model, or its own head on features computed once."""
+    saved_model: nn.Module
+    """What the output folder holds (the whole model, whose head is the one trained)."""
+    encoded: Encoded
+    epochs: int
+    """0 when the head was fitted in one go (L-BFGS): the loop then only scores it."""
+    trained_on: str
+    """`inputs`, or `features` (the backbone ran once per example; samples/s then measure the head alone)."""
+    fitted: dict[str, float] = field(default_factory=dict)
+    """A head fitted in one go: what its fit chose (L-BFGS: C)."""
+    unfreeze_at: dict[str, int] | None = None
+    """Gradual unfreezing: the epoch from which each trainable parameter trains."""
+
+
+def plan_fit(
+    accelerator: Any,
+    recipe: Recipe,
+    task: Task,
+    model: nn.Module,
+    encoded: Encoded,
+    preprocessor: Any,
+    class_weight: torch.Tensor | None,
+    make_cache: Callable[[], FeatureCache | None],
+    resume: bool,
+) -> Fit:
+    """The strategy's pre-phases: LP-FT's head warm-up, and a frozen backbone run once per example so the head trains
+    (or, L-BFGS, is fitted) on cached features. Returns what the loop then trains."""
+    s, t = recipe.strategy, recipe.training
+    eval_batch = t.eval_batch_size or t.batch_size * 2
+    augments = task.augments(recipe)
+    feature_head = None if augments else task.features.head(model)
+    if s.head.type == "lbfgs" and feature_head is None:
+        why = (
+            task.fixed_rows_hint if augments else "this model's classifier is not one linear layer on pooled features"
+        )
+        raise StrategyError(
+            f"strategy.head.type 'lbfgs' fits features computed once per example, but {why} "
+            "(or use head.type 'linear')"
+        )
+    cache = make_cache() if s.warmup_head_epochs or feature_head is not None else None
+    if s.warmup_head_epochs and not resume:  # a resumed run restores its warmed-up head
+        warm_up_head(
+            accelerator, model, encoded.splits["train"], preprocessor, eval_batch, cache, recipe, class_weight
+        )
+    if feature_head is None:
+        if augments and s.kind == "head":
+            logger.info("train rows change every epoch (augmentation): the frozen backbone runs every epoch")
+        return Fit(model, model, encoded, t.epochs, "inputs", unfreeze_at=unfreeze_schedule(model, recipe))
+    # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch.
+    model.to(accelerator.device)
+    features = feature_datasets(
+        accelerator, model, encoded.splits, preprocessor, eval_batch, task.features.extract, cache
+    )
+    fit = Fit(feature_head, model, Encoded(features, collate_features), t.epochs, "features")
+    if s.head.type == "lbfgs":  # fitted in one go: the loop has no epochs left to run
+        weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))
+        metric = t.metric_for_best or task.metric_for_best
+        fit.fitted = fit_logistic_head(
+            accelerator, feature_head.classifier, features["train"], s.head, weights, metric
+        )
+        fit.epochs = 0
+    return fit

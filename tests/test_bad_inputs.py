@@ -16,8 +16,8 @@ from conftest import recipe_yaml, sentiment_rows, write_csv, write_image_folder
 from hub_server import LocalHub, hub_env, run_client
 
 from hf_transfer.cli import main
-from hf_transfer.data import prepare_data
 from hf_transfer.recipe import load_recipe
+from hf_transfer.tasks import prepare_data
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:

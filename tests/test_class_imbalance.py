@@ -9,7 +9,8 @@ from conftest import recipe_yaml, sentiment_rows, write_csv
 
 from hf_transfer import train as train_module
 from hf_transfer.recipe import load_recipe, recipe_from_dict
-from hf_transfer.train import TrainingError, _class_weights, _make_loader, train, weighted_loss
+from hf_transfer.sampling import balanced_sample_weights, class_weights, make_loader, weighted_loss
+from hf_transfer.train import TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,13 @@ def _recipe(**training):
 def test_class_weight_settings_map_to_label_ids():
     id2label = {0: "neg", 1: "pos", 2: "mixed"}
     labels = [0] * 6 + [1] * 3 + [2] * 1
-    balanced = _class_weights(_recipe(class_weights="balanced"), labels, id2label)
+    balanced = class_weights(_recipe(class_weights="balanced"), labels, id2label)
     assert balanced.tolist() == pytest.approx([10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)])
-    named = _class_weights(_recipe(class_weights={"pos": 2.5}), labels, id2label)
+    named = class_weights(_recipe(class_weights={"pos": 2.5}), labels, id2label)
     assert named.tolist() == [1.0, 2.5, 1.0]
-    assert _class_weights(_recipe(class_weights="none"), labels, id2label) is None
+    assert class_weights(_recipe(class_weights="none"), labels, id2label) is None
     with pytest.raises(TrainingError, match=r"training.class_weights names 'positive', not a label"):
-        _class_weights(_recipe(class_weights={"positive": 2}), labels, id2label)
+        class_weights(_recipe(class_weights={"positive": 2}), labels, id2label)
 
 
 def test_the_loop_weights_its_loss_by_class(tmp_path, tiny_bert, imbalanced_folder, monkeypatch):
@@ -103,11 +104,11 @@ def test_lbfgs_head_takes_the_class_weights(tmp_path, tiny_bert, imbalanced_fold
 
 def test_balanced_sampler_draws_classes_evenly_and_reproducibly():
     labels = [0] * 72 + [1] * 24
-    sample_weights = train_module._balanced_sample_weights(labels)
+    sample_weights = balanced_sample_weights(labels)
     assert sum(w for w, y in zip(sample_weights, labels, strict=True) if y == 1) == pytest.approx(1.0)
     drawn = []
     for _ in range(2):
-        loader, _ = _make_loader(list(range(96)), 8, list, True, None, 3, sample_weights=sample_weights)
+        loader, _ = make_loader(list(range(96)), 8, list, True, None, 3, sample_weights=sample_weights)
         drawn.append([index for batch in loader for index in batch])
     assert drawn[0] == drawn[1] and len(drawn[0]) == 96
     positives = sum(labels[i] for i in drawn[0])

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, needs_shared_data, write_csv
 
-from hf_transfer.data import DataError, prepare_data, read_table
+from hf_transfer.data import DataError, read_table
 from hf_transfer.recipe import recipe_from_dict
+from hf_transfer.tasks import prepare_data
 
 
 def _recipe(source, **data):

@@ -11,13 +11,19 @@ from conftest import run_two_ranks
 from datasets import DatasetDict
 from transformers import BertModel
 
-from hf_transfer.data import prepare_data, tokenize_splits
-from hf_transfer.features import FEATURE_CACHE_ENV, FeatureCache, feature_cache_root, feature_datasets
+from hf_transfer.features import (
+    FEATURE_CACHE_ENV,
+    FeatureCache,
+    extract_features,
+    feature_cache_root,
+    feature_datasets,
+)
 from hf_transfer.inference import evaluate_run, load_run, predict_texts
 from hf_transfer.recipe import load_recipe
 from hf_transfer.sources import resolve_model
 from hf_transfer.strategies import apply_strategy
-from hf_transfer.tasks import build_model, choose_pooling, load_tokenizer
+from hf_transfer.tasks import build_model, choose_pooling, prepare_data
+from hf_transfer.tasks.text_classification import TEXT_FEATURES, load_tokenizer, tokenize_splits
 from hf_transfer.train import train
 
 
@@ -78,8 +84,8 @@ def _features(recipe, cache_root, overrides=()):
     tokenized = tokenize_splits(DatasetDict({"train": data.splits["train"]}), tokenizer, recipe.data.max_length)
     pooling = choose_pooling(recipe, Path(source.location))
     model = apply_strategy(build_model(recipe, source.location, data.labels.id2label, pooling), recipe)
-    cache = FeatureCache.for_run(recipe, source, tokenizer, pooling, data.splits, model)
-    splits = feature_datasets(Accelerator(cpu=True), model, tokenized, tokenizer, 16, cache)
+    cache = FeatureCache.for_run(recipe, source, tokenizer, pooling, data.splits, model, TEXT_FEATURES)
+    splits = feature_datasets(Accelerator(cpu=True), model, tokenized, tokenizer, 16, extract_features, cache)
     return splits["train"][:]["features"], cache
 
 

@@ -12,14 +12,15 @@ from conftest import ACCELERATE_CPU_LAUNCH, ROOT, python_env, recipe_yaml, save_
 from safetensors.torch import load_file
 
 from hf_transfer.recipe import load_recipe
-from hf_transfer.train import _make_loader, train
+from hf_transfer.sampling import make_loader
+from hf_transfer.train import train
 
 
 def _global_batches(size: int, lengths: list[int] | None, processes: int, global_batch: int) -> list[list[int]]:
     """The samples every optimizer step sees across `processes` ranks, each loading global_batch / processes."""
     per_rank = []
     for rank in range(processes):
-        loader, _ = _make_loader(
+        loader, _ = make_loader(
             list(range(size)), global_batch // processes, list, True, lengths, 7, global_batch=global_batch
         )
         prepared = prepare_data_loader(loader, num_processes=processes, process_index=rank, put_on_device=False)

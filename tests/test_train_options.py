@@ -60,7 +60,7 @@ def test_accelerate_launch_on_cpu_gets_its_share_of_the_cores(monkeypatch):
 
     import torch
 
-    from hf_transfer.train import _use_the_cpu_cores
+    from hf_transfer.launch import use_the_cpu_cores
 
     cores = len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
@@ -69,17 +69,17 @@ def test_accelerate_launch_on_cpu_gets_its_share_of_the_cores(monkeypatch):
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
-        _use_the_cpu_cores(launched)
+        use_the_cpu_cores(launched)
         assert torch.get_num_threads() == cores
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # as many processes as cores: one thread each
-        _use_the_cpu_cores(launched)
+        use_the_cpu_cores(launched)
         assert torch.get_num_threads() == 1
         monkeypatch.setenv("HF_TRANSFER_CPU_THREADS", "3")  # the user's number wins
-        _use_the_cpu_cores(launched)
+        use_the_cpu_cores(launched)
         assert torch.get_num_threads() == 3
         monkeypatch.delenv("HF_TRANSFER_CPU_THREADS")
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")  # not launched by accelerate: left alone
-        _use_the_cpu_cores(launched)
+        use_the_cpu_cores(launched)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

@@ -11,8 +11,8 @@ from conftest import HYMENOPTERA, needs_hymenoptera, save_tiny_vision_model, wri
 from safetensors.torch import load_file
 
 from hf_transfer.cli import main
-from hf_transfer.data import prepare_data
 from hf_transfer.recipe import load_recipe, recipe_from_dict
+from hf_transfer.tasks import prepare_data
 from hf_transfer.train import train
 
 timm = pytest.importorskip("timm", reason="the vision extra (timm) is not installed")
@@ -303,7 +303,7 @@ def test_an_unaugmented_image_head_encodes_each_image_once_and_a_rerun_reads_the
 ):
     import logging
 
-    from hf_transfer.inference import evaluate_run, load_run, predict_images
+    from hf_transfer.inference import evaluate_run, load_run, predict_inputs
 
     logging.getLogger("hf_transfer").setLevel(logging.INFO)
     first = train(recipe_from_dict(_cached_head_recipe(tmp_path / "a", vision_models[family], images)))
@@ -326,7 +326,7 @@ def test_an_unaugmented_image_head_encodes_each_image_once_and_a_rerun_reads_the
     # The saved model, run on the photos, predicts what the head predicted on the cached features.
     assert evaluate_run(second, split="validation")["accuracy"] == pytest.approx(metrics[1]["validation"]["accuracy"])
     examples = json.loads((second / "run.json").read_text())["examples"]
-    predicted = predict_images(load_run(second), [str(second / e["image"]) for e in examples])
+    predicted = predict_inputs(load_run(second), [str(second / e["image"]) for e in examples])
     for example, prediction in zip(examples, predicted, strict=True):
         assert prediction["label"] == example["prediction"]
         assert prediction["scores"][example["prediction"]] == pytest.approx(example["score"], abs=1e-5)
