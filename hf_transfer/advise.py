@@ -428,7 +428,7 @@ def write_recommended_recipe(
     validated, opening with its launch command and the reasons."""
     import yaml
 
-    from .compare import apply_overrides
+    from .recipe import apply_overrides
 
     every = list(overrides) + recommendation["overrides"]
     load_recipe(recipe_path, every)  # validates exactly what is written below

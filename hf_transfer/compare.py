@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, RecipeError, StrategyConfig, load_recipe, parse_override
+from .recipe import Recipe, RecipeError, StrategyConfig, apply_overrides, load_recipe
 from .tasks import task_for
 
 logger = logging.getLogger(__name__)
@@ -66,18 +66,6 @@ def parse_spec(spec: str, base: Recipe) -> tuple[str, list[str]]:
             ) from None
         overrides.append(f"training.lr={lr}")
     return kind, overrides
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Dotted overrides applied to a recipe tree in place; a null for a key the tree lacks is its default already."""
-    for text in overrides:
-        path, value = parse_override(text)
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        if value is not None or path[-1] in node:
-            node[path[-1]] = value
-    return tree
 
 
 def recipe_tree_with(recipe: Recipe, overrides: list[str]) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import typing
+import unicodedata
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import RecipeError
 
@@ -18,10 +22,50 @@ SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", 
 PoolingName = Literal["cls", "mean", "pooler"]
 HeadType = Literal["linear", "mlp", "lbfgs"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_YAML_DEPTH = 32
+"""Nesting a recipe may use (it needs 4); deeper is refused while parsing, long before Python's recursion limit."""
+MAX_SHOWN_CHARS = 80
+"""A value or key quoted in an error is cut to this many characters: the message stays one readable line."""
+MAX_ERROR_LINES = 8
+"""A recipe with more mistakes shows this many lines, the last one counting the rest."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan pass every `gt=0` bound (inf > 0), so they are refused for every float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_likely_mistakes(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _types_in(cls.model_fields[info.field_name].annotation)
+        if any(_is_model(kind) for kind in kinds):
+            return value  # a section: its own fields are checked inside it
+        if _contains(value, lambda v: isinstance(v, str) and not v.strip()):
+            raise ValueError("an empty string; give a value or leave the key out")
+        # YAML reads true/false (and yes/no, on/off) as booleans, which Python would take as 1 and 0.
+        if kinds & {int, float} and bool not in kinds and _contains(value, lambda v: isinstance(v, bool)):
+            raise ValueError("true/false is not a number here; give a number")
+        return value
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    """Every type an annotation admits, nested ones included: `dict[str, float] | None` → {dict, str, float, None}."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return {type(arg) for arg in args}
+    kinds = {origin or annotation}
+    for arg in args:
+        kinds |= _types_in(arg)
+    return kinds
+
+
+def _contains(value: Any, test: Callable[[Any], bool]) -> bool:
+    """`test` holds for the value, an item of it, or a key or value of it, at any depth."""
+    if isinstance(value, dict):
+        return any(_contains(k, test) or _contains(v, test) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains(item, test) for item in value)
+    return test(value)
 
 
 class AugmentationConfig(_Section):
@@ -76,6 +120,13 @@ class DataConfig(_Section):
     left out on purpose: in photo datasets a .gif is usually a placeholder ("image not found") or an animation."""
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
 
+    @field_validator("label_names")
+    @classmethod
+    def _some_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value == []:
+            raise ValueError("an empty list; name the labels in id order, or leave the key out to read them")
+        return value
+
     @field_validator("image_extensions")
     @classmethod
     def _dotted_lowercase(cls, value: list[str]) -> list[str]:
@@ -89,7 +140,7 @@ class DataConfig(_Section):
         if files is not None:
             unknown = sorted(set(files) - {"train", "validation", "test"})
             if unknown:
-                raise ValueError(f"unknown split {unknown[0]!r}; allowed: train, validation, test")
+                raise ValueError(f"unknown split {_shown(unknown[0])}; allowed: train, validation, test")
             if "train" not in files:
                 raise ValueError("a 'train' file is required")
         return files
@@ -162,6 +213,16 @@ class StrategyConfig(_Section):
     """`head` on pooled features: where features are cached on disk. A folder, `false` for no cache; default
     $HF_TRANSFER_FEATURE_CACHE, else <HF_HOME>/hf_transfer/features."""
 
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if value == []:
+            raise ValueError(
+                "an empty list would adapt nothing; name the modules (e.g. [query, value]), write 'all-linear', or "
+                "leave the key out for the architecture's default"
+            )
+        return value
+
     @model_validator(mode="after")
     def _layers_only_for_partial(self) -> StrategyConfig:
         if self.layers is not None and self.kind != "partial":
@@ -222,7 +283,7 @@ class TrainingConfig(_Section):
         if isinstance(value, dict):
             bad = [name for name, weight in value.items() if not isinstance(weight, int | float) or not weight > 0]
             if bad:
-                raise ValueError(f"the weight of {bad[0]!r} must be a number > 0")
+                raise ValueError(f"the weight of {_shown(bad[0])} must be a number > 0")
         elif value not in ("balanced", "none"):
             raise ValueError("use 'balanced', 'none' or a mapping {label name: weight}")
         return value
@@ -269,18 +330,103 @@ def default_metric_for_best(task: str) -> str:
     }.get(task, "mse")
 
 
+# -- YAML -------------------------------------------------------------------------------------------------------------
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """`safe_load`'s loader, refusing what a recipe never needs and an attacker would use: aliases and deep nesting.
+
+    Aliases are refused outright rather than bounded: a recipe has no repeated structure worth sharing, the refusal
+    happens at the first `*` before anything is expanded (a "billion laughs" file costs nothing), and every value stays
+    on the line where it is written, so errors point at real lines."""
+
+    def __init__(self, stream: str, source: str):
+        super().__init__(stream)
+        self.source = source
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            line = self.peek_event().start_mark.line + 1
+            raise RecipeError(
+                f"{self.source}: line {line}: YAML aliases (*name) are not allowed in a recipe; write the value out"
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise RecipeError(f"{self.source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def check_unique_keys(self, node: yaml.Node, path: str = "") -> None:
+        """A key written twice in one mapping is an error (plain `safe_load` keeps the last one silently)."""
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.check_unique_keys(item, f"{path}[{index}]")
+        if not isinstance(node, yaml.MappingNode):
+            return
+        marks: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            plain = isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge"
+            key = self.construct_object(key_node) if plain else None
+            name = (f"{path}.{key}" if path else str(key)) if plain else path
+            if plain:
+                if key in marks:
+                    first, second = marks[key], key_node.start_mark
+                    where = (
+                        f"lines {first.line + 1} and {second.line + 1}"
+                        if first.line != second.line
+                        else f"line {first.line + 1}, columns {first.column + 1} and {second.column + 1}"
+                    )
+                    raise RecipeError(f"{self.source}: key {_shown(name)} is written twice ({where}); keep one")
+                marks[key] = key_node.start_mark
+            self.check_unique_keys(value_node, name)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` with unique keys, no aliases and bounded nesting; errors name `source`."""
+    loader = _RecipeLoader(text, source)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        loader.check_unique_keys(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{source}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def read_recipe_tree(path: str | Path) -> dict[str, Any]:
+    """A recipe file as a plain dict, before overrides and validation (duplicate keys and aliases refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text") from None
+    tree = _load_yaml(text, str(path))
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys (model, task, data, strategy, training)")
+    return tree
+
+
+# -- overrides --------------------------------------------------------------------------------------------------------
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`training.lr=3e-5` → (["training", "lr"], 3e-05). Values parse as YAML, and `3e-5` is a number."""
     if "=" not in text:
-        raise RecipeError(f"override {text!r} is not of the form key.path=value")
+        raise RecipeError(f"override {_shown(text)} is not of the form key.path=value")
     key, raw = text.split("=", 1)
     path = [part for part in key.strip().split(".") if part]
     if not path:
-        raise RecipeError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise RecipeError(f"override {text!r}: value is not valid YAML ({error})") from None
+        raise RecipeError(f"override {_shown(text)} has an empty key")
+    value = _load_yaml(raw, f"override {_shown(text)}") if raw.strip() else ""
     # YAML 1.1 reads "3e-5" as a string (no dot before the exponent); users mean the number.
     if isinstance(value, str):
         try:
@@ -290,49 +436,99 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any, original: str) -> None:
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Dotted overrides (`training.lr=3e-5`) applied in order to a recipe tree, in place; returns the tree.
+
+    Values parse as YAML (and `3e-5` is a number), a string field keeps the text typed (`data.config=1.0` is "1.0"),
+    and a null for a key the tree lacks leaves it absent: it is the default already."""
+    for text in overrides:
+        path, value = parse_override(text)
+        if isinstance(value, int | float) and not isinstance(value, bool) and _is_string_field(path):
+            value = text.split("=", 1)[1].strip()
+        _set_key(tree, path, value, f"override {_shown(text)}")
+    return tree
+
+
+def _set_key(tree: dict[str, Any], path: list[str], value: Any, what: str) -> None:
     node = tree
     for depth, part in enumerate(path[:-1]):
         child = node.get(part)
         if child is None:
+            if value is None:
+                return  # nothing to reset inside a section the tree lacks
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise RecipeError(f"override {original!r}: {'.'.join(path[: depth + 1])} is not a section")
+            raise RecipeError(f"{what}: {'.'.join(path[: depth + 1])} is not a section")
         node = child
-    node[path[-1]] = value
+    if value is not None or path[-1] in node:
+        node[path[-1]] = value
 
 
-def _string_fields_keep_text(tree: dict[str, Any], overrides: list[tuple[list[str], Any, str]]) -> None:
-    """A string field keeps the text the user typed (`data.config=1.0` stays "1.0", not 1.0)."""
-    for path, value, raw in overrides:
-        if isinstance(value, str) or not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        model: type[BaseModel] | None = Recipe
-        for part in path[:-1]:
-            field = model.model_fields.get(part) if model else None
-            annotation = field.annotation if field else None
-            model = next((a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)), None)
-        field = model.model_fields.get(path[-1]) if model else None
-        if field is not None and field.annotation in (str, str | None):
-            _apply_override(tree, path, raw.split("=", 1)[1].strip(), raw)
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    """The model of the section at `path` (["strategy", "head"] → HeadConfig), None where it is not a section."""
+    model: type[BaseModel] | None = Recipe
+    for part in path:
+        field = model.model_fields.get(part) if model else None
+        model = next((kind for kind in _types_in(field.annotation) if _is_model(kind)), None) if field else None
+    return model
+
+
+def _is_string_field(path: list[str]) -> bool:
+    model = _section_model(path[:-1])
+    field = model.model_fields.get(path[-1]) if model else None
+    return field is not None and field.annotation in (str, str | None)
 
 
 def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+# -- errors -----------------------------------------------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, cut to MAX_SHOWN_CHARS: an error never prints a whole large value."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 4] + " ..."
+
+
+def _escaped(text: str, ascii_only: bool = True) -> str:
+    """Each invisible character (and with `ascii_only` each non-ASCII one) as its escape: `epo\\u200bchs`."""
+    return "".join(c if c.isprintable() and (c.isascii() or not ascii_only) else ascii(c)[1:-1] for c in text)
+
+
+def _shown_key(key: str) -> tuple[str, str]:
+    """The key as typed with each non-ASCII or invisible character escaped, cut to MAX_SHOWN_CHARS, and a note naming
+    those characters (a Cyrillic 'е' looks like 'e' in the file and in a plain message)."""
+    escaped = _escaped(key)
+    if len(escaped) > MAX_SHOWN_CHARS:
+        escaped = escaped[: MAX_SHOWN_CHARS - 4] + " ..."
+    odd = sorted({c for c in key if not (c.isascii() and c.isprintable())}, key=key.index)
+    named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd[:3])
+    return escaped, f" (it contains a non-ASCII or invisible character: {named})" if odd else ""
+
+
+def _unknown_key(loc: list[str], source: str) -> str:
+    key, note = _shown_key(".".join(loc))
+    model = _section_model(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields) if model else [], n=1, cutoff=0.6)
+    suggestion = f": did you mean `{'.'.join([*loc[:-1], close[0]])}`?" if close else ""
+    return (
+        f"{source}: unknown key '{key}'{note}; check its spelling{suggestion} (see `hf-transfer schema` for every key)"
+    )
+
+
 def _format_error(error: dict[str, Any], source: str) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    kind = error["type"]
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        return f"{source}: unknown key {key!r}; check its spelling (see `hf-transfer schema` for every key)"
-    if kind == "missing":
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(loc, source)
+    key = _shown_key(".".join(loc))[0] or "(top level)"
+    if error["type"] == "missing":
         return f"{source}: missing required key {key!r}"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     allowed = error.get("ctx", {}).get("expected")
     hint = f"; allowed: {allowed}" if allowed else ""
-    return f"{source}: {key} = {value!r} is invalid: {message}{hint}"
+    return f"{source}: {key} = {_shown(error.get('input'))} is invalid: {message}{hint}"
 
 
 def recipe_from_dict(tree: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -341,6 +537,8 @@ def recipe_from_dict(tree: dict[str, Any], source: str = "<recipe>") -> Recipe:
         return Recipe.model_validate(tree)
     except ValidationError as error:
         lines = [_format_error(e, source) for e in error.errors(include_url=False)]
+        if len(lines) > MAX_ERROR_LINES:
+            lines[MAX_ERROR_LINES - 1 :] = [f"{source}: ... and {len(lines) - MAX_ERROR_LINES + 1} more errors"]
         raise RecipeError("\n".join(lines)) from None
 
 
@@ -348,29 +546,11 @@ def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
 ) -> Recipe:
     """Read a recipe YAML, apply dotted overrides and `--output-dir`, validate once."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not UTF-8 text") from None
-    if not isinstance(tree, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of keys (model, task, data, strategy, training)")
-    parsed = []
-    for text in overrides:
-        key_path, value = parse_override(text)
-        _apply_override(tree, key_path, value, text)
-        parsed.append((key_path, value, text))
-    _string_fields_keep_text(tree, parsed)
+    tree = apply_overrides(read_recipe_tree(path), overrides)
     if output_dir is not None:
-        tree.setdefault("training", {})
-        if not isinstance(tree["training"], dict):
-            raise RecipeError(f"{path}: 'training' must be a section")
-        tree["training"]["output_dir"] = output_dir
-    source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+        _set_key(tree, ["training", "output_dir"], output_dir, f"{path}: --output-dir")
+    # Invisible characters typed in an override stay visible in the message.
+    source = str(path) + (f" (with overrides {_escaped(' '.join(overrides), ascii_only=False)})" if overrides else "")
     return recipe_from_dict(tree, source)
 
 

