@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import checkpoints, outputs
+from . import checkpoints, outputs, ownership
 from .data import prepare_data, tokenize_splits
 from .errors import TrainingError
 from .features import (
@@ -313,6 +313,7 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+@ownership.releasing_output_locks
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Run the recipe end to end and return the output folder."""
     started = time.perf_counter()
@@ -324,7 +325,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         project_dir=str(out),
     )
     _check_single_main(accelerator)
-    outputs.claim_output_dir(out, overwrite=overwrite, resume=resume, is_main=accelerator.is_main_process)
+    ownership.claim_output_dir(out, recipe, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
     logging.basicConfig(
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -357,8 +358,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
     train_labels = list(data.splits["train"]["label"])
     class_weight = _class_weights(recipe, train_labels, data.labels.id2label)
     class_weight = None if class_weight is None else class_weight.to(accelerator.device)
-    if overwrite and not resume:
-        outputs.clear_output_dir(out, is_main=accelerator.is_main_process)
+    # Created, locked for this run, marked and (--overwrite) cleared of the earlier run's files only now.
+    ownership.take_output_dir(out, accelerator, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
 
     eval_batch = t.eval_batch_size or t.batch_size * 2
@@ -586,6 +587,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> P
         eval_split=eval_name,
         eval_predictions=eval_predictions,
     )
+    ownership.record_output_files(out)
     # Trackers are finished here, but the process group is left up (end_training() would destroy it): compare and
     # advise run several trainings in one launch, and the command line ends the group once, on its way out.
     for tracker in accelerator.trackers:
