@@ -341,9 +341,10 @@ def compare(
         kind, spec_overrides = parse_spec(spec, base)
         run_dir = folder / run_folder_name(spec)
         recipe = load_recipe(recipe_path, list(overrides) + spec_overrides, str(run_dir))
+        # Anyone else's files, a run holding the folder, or a place no run goes: refused whatever the flags.
+        ownership.claim_output_dir(run_dir, recipe, overwrite=True, resume=False)
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise OutputDirError(f"{str(run_dir)!r} already holds a run; pass --overwrite to replace the comparison")
-        ownership.claim_output_dir(run_dir, recipe, overwrite=overwrite, resume=False)
         runs.append((spec, recipe, run_dir))
     _check_layers(base, runs)
     accelerator = Accelerator()  # first, so every rank knows its place (GUIDE: a bare PartialState misreports)

@@ -390,3 +390,13 @@ def test_under_two_processes_both_refuse_a_locked_folder_together(tmp_path):
         assert tree(folder) == before
     finally:
         holder.close()
+
+
+def test_compare_without_overwrite_names_a_foreign_run_folder_not_the_flag(make_recipe, tmp_path):
+    folder = tmp_path / "cmp"
+    (folder / "head").mkdir(parents=True)
+    (folder / "head" / "draft.txt").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(OutputDirError, match=r"did not write \(first: 'draft.txt'\)") as raised:
+        compare(make_recipe(), "head", output_dir=folder)
+    assert "pass --overwrite" not in str(raised.value)
+    assert (folder / "head" / "draft.txt").read_text() == "mine\n"
