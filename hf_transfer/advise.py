@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 
+from . import ownership
 from .recipe import Recipe, RecipeError, load_recipe
 from .recommend import RECOMMENDED_LR, recommend, skill
 from .tasks import build_model, choose_pooling, task_for
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE = 2000
+ADVISE_FILES = ("advise.json", "advise.md")
 """Rows of train that the probe and the text statistics look at: minutes on a CPU, not hours."""
 PROBE_FOLDS = 5
 PROBE_C = 1.0
@@ -338,6 +340,7 @@ def advise(
     accelerator = Accelerator()  # before anything else asks for the process state (GUIDE: PartialState trap)
     started = time.perf_counter()
     out = Path(output_dir) if output_dir else default_advise_dir(recipe)
+    ownership.check_report_files(out, ADVISE_FILES, "advise", replace_own=True)  # before the work, not after
     with accelerator.main_process_first():
         source = resolve_model(recipe.model, recipe.model_revision)
         data = prepare_data(recipe)
@@ -396,7 +399,7 @@ def advise(
     if pilot_results is not None:
         report["pilot"] = pilot_results
     report["advise_s"] = round(time.perf_counter() - started, 2)
-    out.mkdir(parents=True, exist_ok=True)
+    ownership.claim_report_files(out, ADVISE_FILES, "advise", replace_own=True)
     (out / "advise.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "advise.md").write_text(render_markdown(report), encoding="utf-8")
     if write_recipe:

@@ -18,10 +18,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, output_help: str = "o
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .ownership import check_output_location
     from .recipe import load_recipe
     from .train import install_sigterm_as_interrupt, train
 
     recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    check_output_location(Path(recipe.training.output_dir), recipe, args.recipe)  # train() cannot see the file
     install_sigterm_as_interrupt()
     out = train(recipe, overwrite=args.overwrite, resume=args.resume)
     if recipe.hub is not None:
@@ -190,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a recipe and write its output folder")
     _add_recipe_arguments(train)
-    train.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
-    train.add_argument(
+    existing = train.add_mutually_exclusive_group()  # replacing a run and continuing it contradict each other
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier hf_transfer run in the output folder (only its files; a folder with others refuses)",
+    )
+    existing.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in the output folder"
     )
     train.set_defaults(run=cmd_train)

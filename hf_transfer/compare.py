@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import ownership
 from .recipe import Recipe, RecipeError, StrategyConfig, apply_overrides, load_recipe
 from .tasks import task_for
 
@@ -24,6 +25,7 @@ SPEC_FORMS = (
     "any of them may end in @LR for its own learning rate, e.g. full@5e-5"
 )
 PLOTS = {"params": "accuracy_vs_trainable_params.png", "time": "accuracy_vs_wall_time.png"}
+REPORT_FILES = ("results.json", "results.md", *PLOTS.values())
 RESULT_KEYS = ("strategy", "accuracy", "macro_f1", "trainable_params", "wall_s", "peak_mem_mb")
 MEMORY_SAMPLE_S = 0.02
 
@@ -270,7 +272,7 @@ def write_report(recipe: Recipe, results: list[dict[str, Any]], folder: Path) ->
     output folder (whose draft model card is rewritten to show them). Main process only."""
     from .hub import COMPARISON_MD, COMPARISON_PNG, write_model_card
 
-    folder.mkdir(parents=True, exist_ok=True)
+    ownership.claim_report_files(folder, REPORT_FILES, "compare", replace_own=True)  # checked before training too
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     plotted = write_plots(results, folder)
     table, budget = results_table(results), budget_line(recipe, results)
@@ -319,11 +321,15 @@ def compare(
         raise RecipeError(f"task {base.task!r}: `hf-transfer compare` ranks runs by accuracy, which this task lacks")
     folder = Path(output_dir) if output_dir else default_compare_dir(base)
     specs = split_specs(specs)
+    ownership.check_output_location(folder, base, recipe_path, what="the comparison folder")
+    ownership.check_report_files(folder, REPORT_FILES, "compare", replace_own=overwrite)
     runs = []
     for spec in specs:  # every spec is checked, and every run folder found free, before the first one trains
         kind, spec_overrides = parse_spec(spec, base)
         run_dir = folder / run_folder_name(spec)
         recipe = load_recipe(recipe_path, list(overrides) + spec_overrides, str(run_dir))
+        # Anyone else's files, a run holding the folder, or a place no run goes: refused whatever the flags.
+        ownership.claim_output_dir(run_dir, recipe, overwrite=True, resume=False)
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise OutputDirError(f"{str(run_dir)!r} already holds a run; pass --overwrite to replace the comparison")
         runs.append((spec, recipe, run_dir))

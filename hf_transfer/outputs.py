@@ -1,4 +1,4 @@
-"""The output folder: claiming it safely, and writing weights, tokenizer, recipe, metrics, provenance and the card."""
+"""The output folder: writing weights, tokenizer, recipe, metrics, provenance and the card."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import importlib.metadata
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from .errors import OutputDirError
 from .fileio import write_json_atomic
 from .pooled import POOLED_MODEL_FILE, is_pooled, mark_pooled_for_export, pooled_model_source
 from .recipe import Recipe
@@ -29,45 +27,6 @@ logger = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "peft", "accelerate", "evaluate", "huggingface_hub")
 EXAMPLES_IN_CARD = 5
-
-
-WRITE_PROBE = ".hf_transfer-write-test"
-
-
-def claim_output_dir(path: Path, *, overwrite: bool, resume: bool, is_main: bool) -> None:
-    """Never overwrite silently: a non-empty folder needs --overwrite or --resume. Nothing is deleted here: the
-    run calls `clear_output_dir` once its inputs have loaded, so a bad recipe or bad data leaves the old run whole."""
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"training.output_dir {str(path)!r} is a file, not a folder")
-    # Every rank looks while the main process may already be probing the folder: its probe file is not a run.
-    existing = path.is_dir() and any(child.name != WRITE_PROBE for child in path.iterdir())
-    if existing and not (overwrite or resume):
-        raise OutputDirError(
-            f"training.output_dir {str(path)!r} already holds files; pass --overwrite to replace them, "
-            "--resume to continue that run, or choose another folder (--output-dir)"
-        )
-    if resume and not existing:
-        raise OutputDirError(f"--resume: {str(path)!r} holds no earlier run to resume")
-    if not is_main:
-        return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / WRITE_PROBE
-        probe.write_text("", encoding="utf-8")
-        probe.unlink()
-    except OSError as error:
-        raise OutputDirError(f"training.output_dir {str(path)!r} is not writable: {error.strerror}") from None
-
-
-def clear_output_dir(path: Path, *, is_main: bool) -> None:
-    """--overwrite: empty the folder of the previous run (its files and checkpoints), keeping the folder itself."""
-    if not is_main or not path.is_dir():
-        return
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def available_trackers(names: list[str]) -> list[str]:

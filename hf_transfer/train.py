@@ -18,7 +18,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoints, outputs
+from . import checkpoints, outputs, ownership
 from .checkpoints import LoopState
 from .data import PreparedData
 from .errors import TrainingError
@@ -68,6 +68,7 @@ class Run:
     total_steps: int = 0
 
 
+@ownership.releasing_output_locks
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Run the recipe end to end and return the output folder."""
     run = set_up(recipe, overwrite=overwrite, resume=resume)
@@ -88,7 +89,7 @@ def set_up(recipe: Recipe, *, overwrite: bool, resume: bool) -> Run:
         project_dir=str(out),
     )
     check_single_main(accelerator)
-    outputs.claim_output_dir(out, overwrite=overwrite, resume=resume, is_main=accelerator.is_main_process)
+    ownership.claim_output_dir(out, recipe, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
     _configure_logging(accelerator)
     use_the_cpu_cores(accelerator)
@@ -114,8 +115,8 @@ def set_up(recipe: Recipe, *, overwrite: bool, resume: bool) -> Run:
         raise TrainingError("strategy.unfreeze_every is not supported under FSDP or DeepSpeed yet; launch with DDP")
     weight = class_weights(recipe, list(data.splits["train"]["label"]), data.labels.id2label)
     weight = None if weight is None else weight.to(accelerator.device)
-    if overwrite and not resume:
-        outputs.clear_output_dir(out, is_main=accelerator.is_main_process)
+    # Created, locked for this run, marked and (--overwrite) cleared of the earlier run's files only now.
+    ownership.take_output_dir(out, accelerator, overwrite=overwrite, resume=resume)
     accelerator.wait_for_everyone()
 
     def make_cache() -> FeatureCache | None:
@@ -347,6 +348,7 @@ def finish(run: Run) -> Path:
         eval_split=eval_name,
         eval_predictions=eval_predictions,
     )
+    ownership.record_output_files(run.out)
     # Trackers are finished here, but the process group is left up (end_training() would destroy it): compare and
     # advise run several trainings in one launch, and the command line ends the group once, on its way out.
     for tracker in accelerator.trackers:

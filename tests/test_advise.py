@@ -62,7 +62,7 @@ def test_separable_at_the_top_layer_recommends_head_and_writes_the_report(make_r
     out = tmp_path / "advice"
     report = advise(recipe, ["training.seed=3"], output_dir=out, sample=400, write_recipe=tmp_path / "best.yaml")
 
-    assert sorted(p.name for p in out.iterdir()) == ["advise.json", "advise.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".hf_transfer-advise", "advise.json", "advise.md"]
     saved = json.loads((out / "advise.json").read_text())
     assert saved["recommendation"]["strategy"] == report["recommendation"]["strategy"] == "head"
     assert saved["data"]["examples_per_class"] == {"neg": 48, "pos": 48}

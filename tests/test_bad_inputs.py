@@ -16,6 +16,7 @@ from conftest import recipe_yaml, sentiment_rows, write_csv, write_image_folder
 from hub_server import LocalHub, hub_env, run_client
 
 from hf_transfer.cli import main
+from hf_transfer.ownership import RUN, write_marker
 from hf_transfer.recipe import load_recipe
 from hf_transfer.tasks import prepare_data
 
@@ -34,6 +35,7 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 def write_previous_run(folder: Path) -> None:
     """What a user's earlier run leaves behind: the files every bad input must leave in place."""
     folder.mkdir(parents=True)
+    write_marker(folder, RUN)  # a run of this hf_transfer: --overwrite may clear it, but only once inputs loaded
     (folder / "model.safetensors").write_bytes(os.urandom(4096))
     (folder / "metrics.json").write_text('{"test": {"accuracy": 0.93}}\n', encoding="utf-8")
     (folder / "README.md").write_text("# my earlier model\n", encoding="utf-8")

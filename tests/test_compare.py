@@ -11,8 +11,8 @@ from PIL import Image
 
 from hf_transfer.cli import main
 from hf_transfer.compare import PLOTS, RESULT_KEYS, PeakMemory, compare, parse_spec, recipe_tree_with, write_plots
+from hf_transfer.errors import OutputDirError
 from hf_transfer.hub import publish_files, render_model_card
-from hf_transfer.outputs import OutputDirError
 from hf_transfer.recipe import RecipeError, load_recipe, recipe_from_dict
 
 SPECS = ["head", "partial:1", "lora:4"]
@@ -33,7 +33,7 @@ def compared(tmp_path_factory, tiny_bert, sentiment_folder):
 def test_compare_writes_the_report_and_its_numbers_are_each_runs_metrics(compared):
     recipe, out, results = compared
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["results.json", "results.md", *PLOTS.values(), "head", "partial-1", "lora-4"]
+        ["results.json", "results.md", *PLOTS.values(), "head", "partial-1", "lora-4", ".hf_transfer-compare"]
     )
     saved = json.loads((out / "results.json").read_text())
     assert saved == results and [r["strategy"] for r in saved] == SPECS

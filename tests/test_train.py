@@ -12,8 +12,8 @@ from conftest import python_env, write_csv
 from safetensors.torch import load_file
 
 from hf_transfer.checkpoints import ResumeError
+from hf_transfer.errors import OutputDirError
 from hf_transfer.inference import evaluate_run, load_run, predict_texts
-from hf_transfer.outputs import OutputDirError
 from hf_transfer.recipe import load_recipe
 from hf_transfer.train import train
 
@@ -35,7 +35,9 @@ def full_run(tmp_path_factory, tiny_bert, sentiment_folder):
 
 
 def test_full_run_writes_exactly_the_documented_folder(full_run):
-    assert _files(full_run) == {"config.json", "model.safetensors", "checkpoints"} | TOKENIZER | CARD_AND_METADATA
+    marker = ".hf_transfer-run"  # written first: the folder is hf_transfer's, so --overwrite may clear it
+    expected = {"config.json", "model.safetensors", "checkpoints", marker} | TOKENIZER | CARD_AND_METADATA
+    assert _files(full_run) == expected
     checkpoints = sorted(p.name for p in (full_run / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and all(name.startswith("step-") for name in checkpoints)  # save_total_limit: 2
 
