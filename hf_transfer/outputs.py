@@ -14,7 +14,7 @@ import yaml
 
 from .fileio import write_json_atomic
 from .pooled import POOLED_MODEL_FILE, is_pooled, mark_pooled_for_export, pooled_model_source
-from .recipe import Recipe
+from .recipe import Recipe, as_written
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -132,7 +132,7 @@ def save_output_folder(
         for index in range(min(EXAMPLES_IN_CARD, len(split))):
             examples.append(task.example(out, split, index, raw_scores[index], predictions[index], names))
     run = _run_record(recipe, task, unwrapped, model_source, data, pooling, metrics, details, eval_split)
-    run.update(examples=examples, adapter=is_peft)
+    run.update(examples=examples, adapter=is_peft, recipe_as_written=public_as_written(recipe, model_source, data))
     write_json_atomic(out / "run.json", run)
     if details.get("confusion_matrix"):
         title = f"{model_source.hub_id}\n{recipe.strategy.kind} · {eval_split} split"
@@ -221,3 +221,51 @@ def _scrub_local_paths(out: Path, local_location: str) -> None:
                 if isinstance(data.get(key), str) and local_location in data[key]:
                     data.pop(key)
             write_json_atomic(path, data)
+
+
+PATH_KEYS = {
+    "model": "model",
+    "data.source": "data",
+    "training.output_dir": "output",
+    "strategy.feature_cache": "cache",
+}
+"""Recipe keys that may hold local paths, and what a published recipe shows instead."""
+
+
+def public_as_written(recipe: Recipe, model_source: Resolved, data: PreparedData) -> dict[str, Any] | None:
+    """The recipe as the user wrote it — their keys only, and their overrides — with every local path replaced by
+    what it stands for (the model's and the dataset's Hub IDs or names), so run.json and the card carry no path."""
+    written = as_written(recipe)
+    if written is None:
+        return None
+
+    def public(key: str, value: Any) -> Any:
+        kind = PATH_KEYS.get(key)
+        local = isinstance(value, str) and (Path(value).expanduser().exists() or Path(value).is_absolute())
+        if kind == "model":
+            return model_source.hub_id if local or value == recipe.model else value
+        if kind == "data":
+            return data.source.hub_id if local else value
+        if kind == "output":
+            return f"outputs/{Path(str(value)).name}"
+        if kind == "cache" and isinstance(value, str):
+            return None
+        return value
+
+    tree = written["tree"]
+    for key in PATH_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = tree.get(section) if section else tree
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = public(key, node[leaf])
+    files = (tree.get("data") or {}).get("files") if isinstance(tree.get("data"), dict) else None
+    if isinstance(files, dict):
+        tree["data"]["files"] = {split: Path(str(f)).name for split, f in files.items()}
+    overrides = []
+    for text in written["overrides"]:
+        key, _, value = text.partition("=")
+        if key.strip() == "data.files" or key.strip().startswith("data.files."):
+            value = Path(value).name
+        overrides.append(f"{key}={public(key.strip(), value)}" if key.strip() in PATH_KEYS else f"{key}={value}")
+    text = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
+    return {"file": written["file"], "text": text, "overrides": overrides}

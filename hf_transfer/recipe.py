@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -12,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import RecipeError
 
@@ -296,6 +306,8 @@ class HubConfig(_Section):
 
 
 class Recipe(_Section):
+    _as_written: dict[str, Any] | None = PrivateAttr(default=None)
+    """What the user wrote: the file's name, its keys (no defaults filled in) and the dotted overrides."""
     model: str
     """Hub ID (e.g. sentence-transformers/all-MiniLM-L6-v2) or a local folder."""
     model_revision: str | None = None
@@ -546,12 +558,20 @@ def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
 ) -> Recipe:
     """Read a recipe YAML, apply dotted overrides and `--output-dir`, validate once."""
-    tree = apply_overrides(read_recipe_tree(path), overrides)
+    written = read_recipe_tree(path)
+    tree = apply_overrides(copy.deepcopy(written), overrides)
     if output_dir is not None:
         _set_key(tree, ["training", "output_dir"], output_dir, f"{path}: --output-dir")
     # Invisible characters typed in an override stay visible in the message.
     source = str(path) + (f" (with overrides {_escaped(' '.join(overrides), ascii_only=False)})" if overrides else "")
-    return recipe_from_dict(tree, source)
+    recipe = recipe_from_dict(tree, source)
+    recipe._as_written = {"file": Path(path).name, "tree": written, "overrides": list(overrides)}
+    return recipe
+
+
+def as_written(recipe: Recipe) -> dict[str, Any] | None:
+    """The recipe as the user wrote it (file name, its own keys, overrides), when it was loaded from a file."""
+    return copy.deepcopy(recipe._as_written)
 
 
 def recipe_json_schema() -> dict[str, Any]:
