@@ -321,6 +321,19 @@ class Recipe(_Section):
     allow_pickle: bool = False
     """Allow loading pickle (`.bin`) weights when a checkpoint has no safetensors. Off by default."""
 
+    def __eq__(self, other: object) -> bool:
+        # Two recipes are the same when their values are: where one was read from (`_as_written`) does not count.
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, as every pydantic model)
+
+    @model_validator(mode="after")
+    def _training_options_of_the_strategy(self) -> Recipe:
+        # Rules between keys of two sections; rules that need the task's or the model's nature are the strategy's.
+        if self.training.layer_lr_decay and self.strategy.kind == "head":
+            raise ValueError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
+        return self
+
     def to_yaml(self) -> str:
         """The resolved recipe as YAML, stable key order."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -538,6 +551,10 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     if error["type"] == "missing":
         return f"{source}: missing required key {key!r}"
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and (not loc or _section_model(loc) is not None):
+        # A rule between keys of a section (or of two sections): the message names the keys; the section's whole
+        # content would only bury it.
+        return f"{source}: {message}" if not loc else f"{source}: {key}: {message}"
     allowed = error.get("ctx", {}).get("expected")
     hint = f"; allowed: {allowed}" if allowed else ""
     return f"{source}: {key} = {_shown(error.get('input'))} is invalid: {message}{hint}"

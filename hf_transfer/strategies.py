@@ -133,8 +133,6 @@ def check_strategy(model: PreTrainedModel, recipe: Recipe, task: Task) -> None:
     """Every rule that depends on the task or the model, checked once before anything trains (rules between recipe
     keys alone are the recipe's validators)."""
     s, t = recipe.strategy, recipe.training
-    if t.layer_lr_decay and s.kind == "head":
-        raise StrategyError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
     if s.head.type == "lbfgs" and not task.single_label:
         raise StrategyError(
             f"strategy.head.type 'lbfgs' fits single-label classification, not task {task.name!r}; "

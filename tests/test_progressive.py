@@ -8,6 +8,7 @@ import torch
 from conftest import run_two_ranks
 from safetensors.torch import load_file
 
+from hf_transfer.errors import RecipeError
 from hf_transfer.recipe import load_recipe, recipe_from_dict
 from hf_transfer.strategies import StrategyError, apply_strategy, parameter_depths, unfreeze_schedule
 from hf_transfer.tasks import build_model
@@ -98,7 +99,8 @@ def test_schedule_keys_are_validated_naming_the_key(strategy, training, message)
 
 
 def test_schedules_that_do_not_fit_the_model_name_the_key(tiny_bert):
-    with pytest.raises(StrategyError, match=r"training.layer_lr_decay applies to kinds"):
+    # A rule between two recipe sections: refused when the recipe is read, before any model loads.
+    with pytest.raises(RecipeError, match=r"training.layer_lr_decay applies to kinds"):
         _model(tiny_bert, "head", training={"layer_lr_decay": 0.8})
     with pytest.raises(StrategyError, match=r"strategy.warmup_head_epochs trains the head on pooled features"):
         _model(tiny_bert, "full", warmup_head_epochs=1)
