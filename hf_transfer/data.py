@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -98,7 +99,8 @@ def _csv_rows(path: Path, lines: list[str], kind: str) -> list[list[str]]:
 
 
 def _read_delimited(path: Path, kind: str) -> Dataset:
-    rows = _csv_rows(path, read_text(path).splitlines(keepends=True), kind)
+    # Lines end at \n, \r\n or \r only, as csv expects: splitlines() would also cut a field at U+2028 or NEL.
+    rows = _csv_rows(path, io.StringIO(read_text(path), newline="").readlines(), kind)
     if not rows:
         raise DataError(f"{path}: the file is empty")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -150,12 +152,17 @@ def read_table(path: Path) -> Dataset:
     import pyarrow
     from datasets.exceptions import DatasetGenerationError
 
+    quiet = logging.getLogger("datasets.packaged_modules.json.json")  # logs the failure we report in one line
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(kind, data_files=str(path), split="train")
     except (ValueError, DatasetGenerationError, pyarrow.ArrowException) as error:
         problem = _json_problem(path) if kind == "json" else None
         reason = problem or f"cannot be read as {kind} ({str(error.__cause__ or error).splitlines()[0][:300]})"
         raise DataError(f"{path}: {reason}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def split_files(folder: Path) -> dict[str, Path]:
