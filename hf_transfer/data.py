@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import math
 from collections import Counter
@@ -57,7 +59,10 @@ class PreparedData:
 # ---------------------------------------------------------------- reading files
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A file's text, or an error naming the file and the first line that is not UTF-8."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -76,33 +81,88 @@ def _tsv_is_quoted(lines: list[str]) -> bool:
     return wrapped > max(1, (len(lines) - 1) // 2)
 
 
+def _csv_rows(path: Path, lines: list[str], kind: str) -> list[list[str]]:
+    quoting = csv.QUOTE_MINIMAL
+    if kind == "tsv" and not _tsv_is_quoted(lines):
+        quoting = csv.QUOTE_NONE
+    reader = csv.reader(lines, delimiter="\t" if kind == "tsv" else ",", quoting=quoting)
+    # The limit guards a streaming reader's memory; the whole file is in memory already, so no field can be larger
+    # than the text, and a long document (a book chapter) is a legitimate row. Set for this read only: it is global.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, sum(len(line) for line in lines) + 1))
+    try:
+        return list(reader)
+    except csv.Error as error:
+        raise DataError(f"{path}: line {reader.line_num} cannot be read as {kind.upper()} ({error})") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_delimited(path: Path, kind: str) -> Dataset:
+    # Lines end at \n, \r\n or \r only, as csv expects: splitlines() would also cut a field at U+2028 or NEL.
+    rows = _csv_rows(path, io.StringIO(read_text(path), newline="").readlines(), kind)
+    if not rows:
+        raise DataError(f"{path}: the file is empty")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        raise DataError(f"{path}: the header names column {repeated[0]!r} twice; rename one of them ({header})")
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {number} has {len(row)} fields, the header has {len(header)} ({header})")
+    return Dataset.from_dict({name: [row[i] for row in body] for i, name in enumerate(header)})
+
+
+def _json_problem(path: Path) -> str | None:
+    """Where a JSON Lines file (or one JSON document) is broken: "line N is not valid JSON (why)"; None: it parses."""
+    text = read_text(path)
+    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other line breaks as they are
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return "holds no JSON value"
+    try:
+        json.loads(lines[first])
+    except json.JSONDecodeError:
+        try:  # the first line alone is no JSON value: one document over many lines (a pretty-printed array)
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as error:
+            return f"line {error.lineno} is not valid JSON ({error.msg}, column {error.colno})"
+    for number, line in enumerate(lines, start=1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"line {number} is not valid JSON ({error.msg}, column {error.colno})"
+    return None
+
+
 def read_table(path: Path) -> Dataset:
     """Read csv/tsv/json/jsonl/parquet into a Dataset; TSVs may be GLUE-style unquoted or quoted."""
     kind = FILE_KINDS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_KINDS)}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if kind in ("csv", "tsv"):
-        text = _read_text(path)
-        lines = text.splitlines(keepends=True)
-        quoting = csv.QUOTE_MINIMAL
-        if kind == "tsv" and not _tsv_is_quoted(lines):
-            quoting = csv.QUOTE_NONE
-        rows = list(csv.reader(lines, delimiter="\t" if kind == "tsv" else ",", quoting=quoting))
-        if not rows:
-            raise DataError(f"{path}: the file is empty")
-        header, body = rows[0], [r for r in rows[1:] if r]
-        for number, row in enumerate(body, start=2):
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}: line {number} has {len(row)} fields, the header has {len(header)} ({header})"
-                )
-        return Dataset.from_dict({name: [row[i] for row in body] for i, name in enumerate(header)})
+        return _read_delimited(path, kind)
     import datasets
+    import pyarrow
+    from datasets.exceptions import DatasetGenerationError
 
-    loader = "json" if kind == "json" else "parquet"
-    return datasets.load_dataset(loader, data_files=str(path), split="train")
+    quiet = logging.getLogger("datasets.packaged_modules.json.json")  # logs the failure we report in one line
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    except (ValueError, DatasetGenerationError, pyarrow.ArrowException) as error:
+        problem = _json_problem(path) if kind == "json" else None
+        reason = problem or f"cannot be read as {kind} ({str(error.__cause__ or error).splitlines()[0][:300]})"
+        raise DataError(f"{path}: {reason}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def split_files(folder: Path) -> dict[str, Path]:

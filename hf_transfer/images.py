@@ -380,7 +380,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         from .data import DataError
 
         raise DataError(f"{path}: not an image that can be read ({type(error).__name__}: {error})") from None

@@ -297,13 +297,54 @@ def load_function(spec: str) -> Any:
     return function
 
 
+def _pickle_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+
+
 def check_safetensors(model_dir: Path, recipe: Any) -> None:
-    """Safetensors only, unless the recipe says `allow_pickle: true`: pickle files can run code when loaded."""
+    """Safetensors only, unless the recipe says `allow_pickle: true`: pickle files can run code when loaded. The
+    folder's own code (`auto_map`) is checked here too, before transformers reads the config."""
+    check_model_code(model_dir, recipe)
     if any(model_dir.glob("*.safetensors")) or recipe.allow_pickle:
         return
-    pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+    pickles = _pickle_files(model_dir)
     if pickles:
         raise RecipeError(
             f"model {recipe.model!r} has only pickle weights ({', '.join(pickles)}); pickle can execute code on "
             "load. Convert it to safetensors, or set `allow_pickle: true` in the recipe if you trust the source."
         )
+
+
+def check_model_code(model_dir: Path, recipe: Any) -> None:
+    """A model that names its own code (`auto_map` in config.json) is refused unless `trust_remote_code: true`:
+    without it, transformers either stops with a traceback or quietly builds its own class for the model type,
+    which is not the model the folder describes. hf_transfer's own pooled architecture is the package's code."""
+    config_file = model_dir / "config.json"
+    if recipe.trust_remote_code or not config_file.is_file():
+        return
+    import json
+
+    try:
+        auto_map = json.loads(config_file.read_text(encoding="utf-8")).get("auto_map") or {}
+    except (ValueError, AttributeError):
+        raise RecipeError(f"model {recipe.model!r}: {config_file} is not a JSON object") from None
+    refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value]) if ref]
+    foreign = sorted({str(ref) for ref in refs if not str(ref).startswith("modeling_hf_transfer.")})
+    if foreign:
+        raise RecipeError(
+            f"model {recipe.model!r} needs its own code ({', '.join(foreign)}, from auto_map in {config_file}), "
+            "which hf_transfer does not run by default. Set `trust_remote_code: true` in the recipe only if you "
+            "trust where the model came from."
+        )
+
+
+def check_saved_weights(folder: Path) -> None:
+    """An output folder to predict or evaluate with must hold safetensors weights: pickle is never loaded there."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = _pickle_files(folder)
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no model weights (*.safetensors)"
+    raise SourceError(
+        f"{folder} has {found}; predict and evaluate load safetensors only, since pickle can execute code on load "
+        "(`allow_pickle` applies to a training recipe's `model:`). Convert the weights to model.safetensors."
+    )

@@ -159,10 +159,10 @@ def load_for_inference(folder: Path, trusted: bool) -> tuple[Any, Any]:
 
 def read_image_paths(path: Path, recipe: Recipe) -> list[str]:
     """Image paths from a .txt file (one per line) or a table's image column."""
-    from ..data import read_table
+    from ..data import read_table, read_text
 
     if path.suffix.lower() == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path).splitlines() if line.strip()]
     table = read_table(path)
     if recipe.data.image_column not in table.column_names:
         raise DataError(f"{path}: no image column {recipe.data.image_column!r}; columns are {table.column_names}")

@@ -27,6 +27,7 @@ from ..data import (
     finish_splits,
     label_names,
     read_table,
+    read_text,
     split_files,
     stratified_split,
 )
@@ -387,7 +388,7 @@ def predict_texts(run: Any, texts: list[str], batch_size: int = 32) -> list[dict
 def read_texts(path: Path, recipe: Recipe) -> list[str]:
     """Texts from a .txt file (one per line) or a table with the recipe's text column (or `text`)."""
     if path.suffix.lower() == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in read_text(path).splitlines() if line.strip()]
     table = read_table(path)
     for column in (recipe.data.text_column, "text", "sentence"):
         if column in table.column_names:
