@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,12 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from .data import DataError, prepare_data, read_table, tokenize_splits
+from .errors import RecipeError
 from .recipe import Recipe, load_recipe
+from .run_folder import RunFolder
+from .sources import resolve_dataset_source
 from .tasks import is_image_task, probabilities
+from .trust import allow_model_code
 
 logger = logging.getLogger(__name__)
 
@@ -32,34 +35,23 @@ class LoadedRun:
     id2label: dict[int, str]
 
 
-def _trusts_own_architecture(folder: Path) -> bool:
-    """Remote code is trusted only for a folder hf_transfer wrote with its own self-contained architecture."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    run_file = folder / "run.json"
-    if "auto_map" not in config or not run_file.is_file():
-        return False
-    run = json.loads(run_file.read_text(encoding="utf-8"))
-    return run.get("produced_by") == "hf_transfer" and run.get("trust_remote_code") is True
+def load_run(folder: str | Path, trust_remote_code: bool = False) -> LoadedRun:
+    """Load an output folder (never retrains): its recipe, model and tokenizer.
 
-
-def load_run(folder: str | Path) -> LoadedRun:
-    """Load an output folder (never retrains): its recipe, model and tokenizer."""
+    The model's own code runs only when it is hf_transfer's own architecture, byte for byte, or with the user's
+    `trust_remote_code` (`trust.py`); a folder that needs other code is refused rather than loaded wrongly.
+    """
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a finished hf_transfer output folder (no config.json / recipe.yaml)")
     recipe = load_recipe(folder / "recipe.yaml")
-    trusted = _trusts_own_architecture(folder)
-    if not trusted and "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
-        # transformers would quietly load its own class for this model_type instead, with a different head.
-        raise ValueError(
-            f"{folder} needs its own model code (auto_map in config.json), and its run.json does not show "
-            "hf_transfer wrote it, so that code is not run. Load it yourself with trust_remote_code=True "
-            "only if you trust where it came from."
-        )
+    trusted = allow_model_code(RunFolder(folder), trust_remote_code)
     if is_image_task(recipe.task):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+        model = AutoModelForImageClassification.from_pretrained(
+            folder, trust_remote_code=trusted, use_safetensors=True
+        )
         tokenizer = AutoImageProcessor.from_pretrained(folder)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -128,13 +120,40 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     raise DataError(f"{path}: no text column {text_column!r}; columns are {table.column_names}")
 
 
-def evaluate_run(folder: str | Path, split: str = "test", file: str | None = None) -> dict[str, float]:
-    """Re-score the saved model on a split of the recipe's data, or on a labelled file with the recipe's columns."""
+def _refuse_the_folders_own_loader(folder: Path) -> None:
+    """Checked before anything loads: the folder's recipe may name a `module:function` loader, which is its code."""
+    path = folder / "recipe.yaml"
+    source = load_recipe(path).data.source if path.is_file() else None
+    if source and resolve_dataset_source(source).record.get("kind") == "function":
+        raise RecipeError(
+            f"{path}: data.source {source!r} is Python code (module:function) named by the output folder itself, "
+            f"so it is not imported. If you trust it, name it yourself: --data-source {source} (or score a "
+            "labelled file with --file)."
+        )
+
+
+def evaluate_run(
+    folder: str | Path,
+    split: str = "test",
+    file: str | None = None,
+    data_source: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Re-score the saved model on a split of the recipe's data, or on a labelled file with the recipe's columns.
+
+    `data_source` replaces the recipe's `data.source`. A `module:function` loader named only by the folder's own
+    recipe is never imported: the folder could have been written by anyone, and importing runs its code.
+    """
     from .metrics import flat_scores
     from .train import evaluate_loader
 
-    run = load_run(folder)
+    if not data_source and not file:
+        _refuse_the_folders_own_loader(Path(folder))
+    run = load_run(folder, trust_remote_code)
     recipe = run.recipe
+    if data_source:
+        recipe = recipe.model_copy(deep=True)
+        recipe.data.source = data_source
     if file:
         # The file's labels are mapped with the run's own label names, so ids match the saved head.
         recipe = recipe.model_copy(deep=True)
