@@ -68,7 +68,7 @@ def refuse(reason: str) -> NoReturn:
     raise SystemExit(
         f"error: {MODEL_NAME} needs model code of its own (auto_map in its config), and {reason}. Loaded without "
         "that code, transformers would quietly build a different architecture and serve wrong labels, so this app "
-        f"stops. To serve it, run `hf-transfer demo {MODEL_NAME}` on an hf_transfer output folder (it checks the "
+        f"stops. To serve it, run `hf-transfer demo {MODEL_ID}` on an hf_transfer output folder (it checks the "
         "code is hf_transfer's own), or render this Space for the model with `hf-transfer publish` (adding "
         "--trust-remote-code only if you trust its code)."
     )
