@@ -17,6 +17,15 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, output_help: str = "o
     parser.add_argument("--output-dir", help=output_help)
 
 
+def _add_trust_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help=help
+        or "run the model's own code (auto_map) even when it is not hf_transfer's own architecture, byte for byte",
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .ownership import check_output_location
     from .recipe import load_recipe
@@ -37,6 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             space=recipe.hub.space,
             private=recipe.hub.private,
             exist_ok=True,
+            trust_remote_code=recipe.trust_remote_code,  # the recipe being run, not one read back from a folder
             is_main_process=PartialState().is_main_process,
         )
         if result is not None:
@@ -91,7 +101,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import evaluate_run
 
-    scores = evaluate_run(args.output_dir, split=args.split, file=args.file)
+    scores = evaluate_run(
+        args.output_dir,
+        split=args.split,
+        file=args.file,
+        data_source=args.data_source,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(json.dumps(scores, indent=2))
     return 0
 
@@ -102,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_run, predict_inputs
 
     transformers_logging.disable_progress_bar()  # the output is the predictions, not a loading bar
-    run = load_run(args.output_dir)
+    run = load_run(args.output_dir, trust_remote_code=args.trust_remote_code)
     inputs = list(args.texts)
     if args.file:
         inputs += run.task.read_inputs(Path(args.file), run.recipe)
@@ -163,6 +179,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         merge=args.merge,
         exist_ok=args.exist_ok,
         space_secret_token_name=args.space_token_secret,
+        trust_remote_code=args.trust_remote_code,
     )
     if result.commit_oid is None:
         print(f"{result.repo_url}: already up to date (nothing changed)")
@@ -176,9 +193,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .space import launch_demo
 
-    launch_demo(
-        args.model, host=args.host, port=args.port, share=args.share, trust_remote_code=args.trust_remote_code or None
-    )
+    launch_demo(args.model, host=args.host, port=args.port, share=args.share, trust_remote_code=args.trust_remote_code)
     return 0
 
 
@@ -231,7 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a trained output folder on a split or a labelled file")
     evaluate.add_argument("output_dir")
     evaluate.add_argument("--split", default="test", help="split of the recipe's data (default: test)")
-    evaluate.add_argument("--file", help="a labelled csv/tsv/json file with the recipe's columns")
+    sources = evaluate.add_mutually_exclusive_group()
+    sources.add_argument("--file", help="a labelled csv/tsv/json file with the recipe's columns")
+    sources.add_argument(
+        "--data-source",
+        metavar="SPEC",
+        help="data.source to score instead of the recipe's: a Hub ID, a folder, or a module:function loader "
+        "(a loader named only by the folder's own recipe is never imported)",
+    )
+    _add_trust_argument(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="predict labels for texts or images with a trained output folder")
@@ -241,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--file", help="a .txt file (one text or image path per line) or a table with the text/image column"
     )
     predict.add_argument("--json", action="store_true", help='print [{"label": ..., "scores": {...}}, ...]')
+    _add_trust_argument(predict)
     predict.set_defaults(run=cmd_predict)
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes")
@@ -266,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="name of an environment variable holding a read token, set as a secret on a public Space "
         "so it can load a private model",
     )
+    _add_trust_argument(publish, "let the Space run the model's own code when it is not hf_transfer's own")
     publish.set_defaults(run=cmd_publish)
 
     demo = commands.add_parser("demo", help="run the Space app locally on an output folder or a Hub repo")
@@ -273,11 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int)
     demo.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
-    demo.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run a Hub repo's own model code (needed for a repo with hf_transfer's pooled architecture)",
-    )
+    _add_trust_argument(demo, "run a Hub repo's own model code, or a folder's that is not hf_transfer's own")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -4,7 +4,6 @@ The output folder is the one hand-off: nothing here retrains, and what differs b
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,14 @@ from accelerate import Accelerator
 from datasets import DatasetDict, concatenate_datasets
 from torch.utils.data import DataLoader
 
-from .errors import DataError
+from .errors import DataError, RecipeError
 from .evaluation import evaluate_loader
 from .metrics import flat_scores
 from .recipe import Recipe, load_recipe
+from .run_folder import RunFolder
+from .sources import check_saved_weights, resolve_dataset_source
 from .tasks import Task, task_for
+from .trust import allow_model_code
 
 logger = logging.getLogger(__name__)
 
@@ -36,30 +38,18 @@ class LoadedRun:
     id2label: dict[int, str]
 
 
-def _trusts_own_architecture(folder: Path) -> bool:
-    """Remote code is trusted only for a folder hf_transfer wrote with its own self-contained architecture."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    run_file = folder / "run.json"
-    if "auto_map" not in config or not run_file.is_file():
-        return False
-    run = json.loads(run_file.read_text(encoding="utf-8"))
-    return run.get("produced_by") == "hf_transfer" and run.get("trust_remote_code") is True
+def load_run(folder: str | Path, trust_remote_code: bool = False) -> LoadedRun:
+    """Load an output folder (never retrains): its recipe, model and preprocessor.
 
-
-def load_run(folder: str | Path) -> LoadedRun:
-    """Load an output folder (never retrains): its recipe, model and preprocessor."""
+    The model's own code runs only when it is hf_transfer's own architecture, byte for byte, or with the user's
+    `trust_remote_code` (`trust.py`); a folder that needs other code is refused rather than loaded wrongly.
+    """
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a finished hf_transfer output folder (no config.json / recipe.yaml)")
     recipe = load_recipe(folder / "recipe.yaml")
-    trusted = _trusts_own_architecture(folder)
-    if not trusted and "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
-        # transformers would quietly load its own class for this model_type instead, with a different head.
-        raise ValueError(
-            f"{folder} needs its own model code (auto_map in config.json), and its run.json does not show "
-            "hf_transfer wrote it, so that code is not run. Load it yourself with trust_remote_code=True "
-            "only if you trust where it came from."
-        )
+    check_saved_weights(folder)
+    trusted = allow_model_code(RunFolder(folder), trust_remote_code)
     task = task_for(recipe.task)
     model, preprocessor = task.load_for_inference(folder, trusted)
     model.eval()
@@ -77,10 +67,36 @@ def predict_texts(run: LoadedRun, texts: list[str]) -> list[dict[str, Any]]:
     return predict_inputs(run, texts)
 
 
-def evaluate_run(folder: str | Path, split: str = "test", file: str | None = None) -> dict[str, float]:
-    """Re-score the saved model on a split of the recipe's data, or on a labelled file with the recipe's columns."""
-    run = load_run(folder)
+def _refuse_the_folders_own_loader(folder: Path) -> None:
+    """Checked before anything loads: the folder's recipe may name a `module:function` loader, which is its code."""
+    path = folder / "recipe.yaml"
+    source = load_recipe(path).data.source if path.is_file() else None
+    if source and resolve_dataset_source(source).record.get("kind") == "function":
+        raise RecipeError(
+            f"{path}: data.source {source!r} is Python code (module:function) named by the output folder itself, "
+            f"so it is not imported. If you trust it, name it yourself: --data-source {source} (or score a "
+            "labelled file with --file)."
+        )
+
+
+def evaluate_run(
+    folder: str | Path,
+    split: str = "test",
+    file: str | None = None,
+    data_source: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Re-score the saved model on a split of the recipe's data, or on a labelled file with the recipe's columns.
+
+    `data_source` replaces the recipe's `data.source`. A `module:function` loader named only by the folder's own
+    recipe is never imported: the folder could have been written by anyone, and importing runs its code.
+    """
+    if not data_source and not file:
+        _refuse_the_folders_own_loader(Path(folder))
+    run = load_run(folder, trust_remote_code)
     recipe = run.recipe.model_copy(deep=True)
+    if data_source:
+        recipe.data.source = data_source
     if run.task.problem_type != "regression":
         # Labels are mapped with the run's own label names, so ids match the saved head.
         recipe.data.label_names = [run.id2label[i] for i in sorted(run.id2label)]

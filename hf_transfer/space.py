@@ -1,7 +1,9 @@
-"""The Gradio Space: render the `space/` template (app.py, requirements.txt, README.md) for a model, and run it."""
+"""The Gradio Space: render the `space/` template (app.py, the task's I/O module, requirements.txt, README.md) for a
+model, and run it locally. Whether the app may run the model's own code is decided by `trust.py`."""
 
 from __future__ import annotations
 
+import ast
 import atexit
 import importlib.util
 import json
@@ -13,7 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .fileio import read_json
+from .run_folder import EXAMPLE_FILE_KEYS, RunFolder
+from .trust import allow_model_code, check_code
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -21,7 +24,6 @@ if TYPE_CHECKING:
 # The Gradio release the template was last tested with; used only when Gradio is not installed here.
 TESTED_GRADIO = "6.31.0"
 MAX_EXAMPLES = 8
-OWN_MODULE = "modeling_hf_transfer"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # In app.py each placeholder is a whole string literal, so the template itself stays valid Python.
 CODE_PLACEHOLDER = re.compile(r'"\{\{(\w+)\}\}"')
@@ -36,23 +38,9 @@ def template_dir() -> Path:
     raise FileNotFoundError(f"Space template not found in {package / 'space_template'} or {package.parent / 'space'}")
 
 
-def is_own_architecture(folder: Path) -> bool:
-    """Whether `folder` is an hf_transfer output whose remote code is only its own `modeling_hf_transfer.py`.
-
-    Only then may the app pass `trust_remote_code=True`: run.json must say hf_transfer wrote the folder with its
-    own architecture (`produced_by`, `trust_remote_code`), and the config's `auto_map` must point at that file in
-    the folder alone, never at another repo's code (`other/repo--module.Class`).
-    """
-    folder = Path(folder)
-    run = read_json(folder / "run.json")
-    auto_map = read_json(folder / "config.json").get("auto_map") or {}
-    refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value]) if ref]
-    return (
-        run.get("produced_by") == "hf_transfer"
-        and run.get("trust_remote_code") is True
-        and {ref.rsplit(".", 1)[0] for ref in refs} == {OWN_MODULE}
-        and (folder / f"{OWN_MODULE}.py").is_file()
-    )
+def task_io_file(task: str) -> str:
+    """The template's I/O module for a pipeline tag: what differs by task in the app."""
+    return f"io_{task.replace('-', '_')}.py"
 
 
 def render_space_files(
@@ -60,50 +48,73 @@ def render_space_files(
     output_dir: Path | None,
     *,
     adapter: bool | None = None,
-    trust_remote_code: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, bytes]:
     """Fill the Space template for `repo_id`; returns file name -> content, ready to upload in one commit.
 
-    Always app.py, requirements.txt and README.md; examples.json (and `examples/` images) when the output folder's
-    run.json has examples. `output_dir` is the training output folder (None when there is none, e.g. a Hub repo).
+    Always app.py, requirements.txt, README.md and the I/O module of the folder's task (run.json's pipeline tag; every
+    task's when there is no folder to say, e.g. a Hub repo); examples.json (and `examples/` images) when run.json has
+    examples inside the folder. `output_dir` is the training output folder (None when there is none).
     `adapter`: the repo holds a PEFT adapter, which adds peft to the requirements (default: the folder has one).
-    `trust_remote_code`: app.py may run `repo_id`'s own code (default: `is_own_architecture(output_dir)`).
+    `trust_remote_code`: the user trusts the model's own code. Without it the app runs only hf_transfer's own
+    architecture, pinned by the sha256 of its modeling file (`trust.check_code`).
     """
-    folder = Path(output_dir) if output_dir is not None else None
-    run = read_json(folder / "run.json") if folder else {}
-    task = run.get("pipeline_tag") or "text-classification"
-    is_image = task == "image-classification"
+    folder = RunFolder(output_dir) if output_dir is not None else None
+    template = template_dir()
+    task = folder.run.get("pipeline_tag") if folder else None
+    tasks = [task] if task else sorted(p.stem.removeprefix("io_").replace("_", "-") for p in template.glob("io_*.py"))
+    if not (template / task_io_file(tasks[0])).is_file():
+        raise FileNotFoundError(f"the Space template has no {task_io_file(tasks[0])}: no Space for {task} models yet")
+    io_modules = {task_io_file(t): (template / task_io_file(t)).read_text(encoding="utf-8") for t in tasks}
     # A timm model (TimmWrapper) needs timm in the Space; transformers' own vision models do not.
-    is_timm = folder is not None and read_json(folder / "config.json").get("model_type") == "timm_wrapper"
+    is_timm = folder is not None and folder.config.get("model_type") == "timm_wrapper"
     if adapter is None:
-        adapter = folder is not None and any(
-            (folder / sub / "adapter_config.json").is_file() for sub in ("adapter", "")
-        )
-    if trust_remote_code is None:
-        trust_remote_code = folder is not None and is_own_architecture(folder)
+        adapter = folder is not None and (folder.adapter or folder.file("adapter_config.json") is not None)
+    trusted_repo, code_sha256 = _code_trust(repo_id, folder, trust_remote_code)
     name = repo_id.rstrip("/").rsplit("/", 1)[-1]
     values = {
         "REPO_ID": repo_id,
-        "TRUSTED_REPO": repo_id if trust_remote_code else "",
+        "TRUSTED_REPO": trusted_repo,
+        "TRUSTED_CODE_SHA256": code_sha256,
         "TITLE": name,
-        "EMOJI": "🖼️" if is_image else "📝",
+        "EMOJI": _constant(io_modules[task_io_file(task)], "EMOJI") if task else "🤗",
         "SDK_VERSION": _gradio_version(),
         # The Hub rejects a Space whose short_description is over 60 characters.
-        "SHORT_DESCRIPTION": f"{task.replace('-', ' ').capitalize()} demo of {name}"[:60],
+        "SHORT_DESCRIPTION": f"{(task or 'classification').replace('-', ' ').capitalize()} demo of {name}"[:60],
     }
-    template = template_dir()
     readme = (template / "README.md").read_text(encoding="utf-8")
     _, front_matter, body = readme.split("---\n", 2)
-    files = {
+    texts = {
         "app.py": _fill((template / "app.py").read_text(encoding="utf-8"), values, CODE_PLACEHOLDER, quote=True),
+        **io_modules,
         "requirements.txt": _requirements(
-            (template / "requirements.txt").read_text(encoding="utf-8"), adapter, is_image, is_timm
+            (template / "requirements.txt").read_text(encoding="utf-8"), {"adapter": adapter, "timm": is_timm}, tasks
         ),
         "README.md": "---\n" + _fill(front_matter, values, quote=True) + "---\n" + _fill(body, values),
     }
-    files = {filename: text.encode("utf-8") for filename, text in files.items()}
-    files.update(_examples(run.get("examples") or [], folder, is_image))
+    files = {filename: text.encode("utf-8") for filename, text in texts.items()}
+    files.update(_examples(folder) if folder else {})
     return files
+
+
+def _constant(source: str, name: str) -> str:
+    """The string constant `name` of a template module, read without importing it (it needs gradio)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return str(ast.literal_eval(node.value))
+    raise ValueError(f"the Space template module defines no {name}")
+
+
+def _code_trust(repo_id: str, folder: RunFolder | None, trust_remote_code: bool) -> tuple[str, str]:
+    """(TRUSTED_REPO, TRUSTED_CODE_SHA256) for app.py: whose code the app may run, pinned to which modeling file."""
+    if folder is None:
+        return (repo_id if trust_remote_code else ""), ""
+    check = check_code(folder)
+    if not check.references:
+        return "", ""
+    if check.own_sha256:
+        return repo_id, check.own_sha256
+    return (repo_id if trust_remote_code else ""), ""
 
 
 def launch_demo(
@@ -113,20 +124,22 @@ def launch_demo(
     port: int | None = None,
     share: bool = False,
     prevent_thread_lock: bool = False,
-    trust_remote_code: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> gr.Blocks:
     """Run the Space's own app.py locally on an output folder (offline) or a Hub repo ID; returns the Gradio app.
 
-    `trust_remote_code` left at None runs a local folder's code only when `is_own_architecture` says it is
-    hf_transfer's, and never a Hub repo's. With `prevent_thread_lock=True` this returns at once; `.close()` stops it.
+    Without `trust_remote_code` a local folder's code runs only when it is hf_transfer's own architecture (a folder
+    that needs other code is refused here, with one clear line), and a Hub repo's never. The page is titled with
+    the folder's name or the repo ID. With `prevent_thread_lock=True` this returns at once; `.close()` stops it.
     """
     folder = Path(model)
     if folder.is_dir():
+        allow_model_code(RunFolder(folder), trust_remote_code)
         model_id = str(folder.resolve())
         files = render_space_files(model_id, folder, trust_remote_code=trust_remote_code)
     else:
         model_id = str(model)
-        files = render_space_files(model_id, None, trust_remote_code=bool(trust_remote_code))
+        files = render_space_files(model_id, None, trust_remote_code=trust_remote_code)
     workdir = Path(tempfile.mkdtemp(prefix="hf-transfer-demo-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     for filename, content in files.items():
@@ -166,35 +179,36 @@ def _fill(text: str, values: dict[str, str], pattern: re.Pattern[str] = PLACEHOL
     )
 
 
-def _requirements(template: str, adapter: bool, is_image: bool, is_timm: bool = False) -> str:
-    """Keep the `# if adapter` / `# if image` / `# if timm` lines only when they apply, without their markers."""
-    keep = {"adapter": adapter, "image": is_image, "timm": is_timm}
+def _requirements(template: str, keep: dict[str, bool], tasks: list[str]) -> str:
+    """Keep the `# if NAME` lines whose NAME is set in `keep` or is one of the Space's tasks, without their markers."""
     lines = []
     for line in template.splitlines():
         requirement, _, condition = line.partition("  # if ")
-        if not condition or keep[condition.strip()]:
+        if not condition or keep.get(condition.strip()) or condition.strip() in tasks:
             lines.append(requirement)
     return "\n".join(lines) + "\n"
 
 
-def _examples(examples: list[dict], folder: Path | None, is_image: bool) -> dict[str, bytes]:
-    """examples.json with up to MAX_EXAMPLES distinct real inputs; image examples travel as files beside it.
+def _examples(folder: RunFolder) -> dict[str, bytes]:
+    """examples.json with up to MAX_EXAMPLES distinct real inputs; example files travel beside it in `examples/`.
 
-    A text example is run.json's `text`; an image example is its `image`, a path inside the output folder.
+    An example's input is its file (run.json's `image`: a path that must resolve inside the output folder, else the
+    example is skipped and nothing is shipped) or else its `text`.
     """
     files: dict[str, bytes] = {}
     inputs: list[str] = []
     seen: set[str] = set()
-    for example in examples:
-        value = example.get("image" if is_image else "text")
+    for example in folder.examples():
+        key = next((k for k in EXAMPLE_FILE_KEYS if k in example), "text")
+        value = example.get(key)
         if not isinstance(value, str) or not value.strip() or value in seen:
             continue
         seen.add(value)
-        if not is_image:
+        if key == "text":
             inputs.append(value)
-        elif folder is not None and (folder / value).is_file():
+        else:
             shipped = f"examples/{len(inputs)}{Path(value).suffix.lower()}"
-            files[shipped] = (folder / value).read_bytes()
+            files[shipped] = folder.file(value).read_bytes()
             inputs.append(shipped)
         if len(inputs) == MAX_EXAMPLES:
             break

@@ -719,12 +719,6 @@ def pickled_copy(folder: Path, target: Path) -> Path:
     return target
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="needs `check_saved_weights(folder)` called in inference.load_run (not this change's file): today "
-    "transformers raises OSError 'no file named model.safetensors'",
-)
 @pytest.mark.parametrize("command", [["predict", "{run}", "a superb film"], ["evaluate", "{run}"]])
 def test_predict_and_evaluate_refuse_a_pickle_only_output_folder_in_one_line(
     tmp_path, finished_run, capsys, command

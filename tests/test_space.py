@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def requirements(files: dict[str, bytes]) -> list[str]:
 def test_render_writes_space_front_matter_requirements_and_examples(text_folder):
     files = render_space_files("me/sst2-minilm", text_folder)
 
-    assert set(files) == {"app.py", "requirements.txt", "README.md", "examples.json"}
+    assert set(files) == {"app.py", "io_text_classification.py", "requirements.txt", "README.md", "examples.json"}
     meta = front_matter(files["README.md"])
     assert meta["sdk"] == "gradio"
     assert meta["sdk_version"] == gradio.__version__
@@ -150,7 +151,7 @@ def test_render_writes_space_front_matter_requirements_and_examples(text_folder)
     app = files["app.py"].decode("utf-8")
     compile(app, "app.py", "exec")
     assert 'DEFAULT_MODEL_ID = "me/sst2-minilm"' in app
-    assert 'TRUSTED_REPO = ""' in app
+    assert 'TRUSTED_REPO = ""' in app and 'TRUSTED_CODE_SHA256 = ""' in app
     assert "{{" not in app + files["README.md"].decode("utf-8")
 
 
@@ -170,6 +171,9 @@ def test_render_adds_peft_for_adapters_and_pillow_for_images(tmp_path):
         "torch",
         "Pillow",
     ]
+    assert [name for name in render_space_files("me/x", tmp_path) if name.startswith("io_")] == [
+        "io_image_classification.py"
+    ]
 
 
 def test_render_escapes_values_into_code_and_yaml():
@@ -185,69 +189,128 @@ def test_render_escapes_values_into_code_and_yaml():
     assert ast.literal_eval(assigned["DEFAULT_MODEL_ID"]) == 'me/x"; import os #'
 
 
-OWN_AUTO_MAP = {"AutoModelForSequenceClassification": "modeling_hf_transfer.MeanPoolingClassifier"}
-OWN_RUN = {"produced_by": "hf_transfer", "trust_remote_code": True}
-
-
-@pytest.mark.parametrize(
-    ("auto_map", "run", "own_file", "trusted"),
-    [
-        (OWN_AUTO_MAP, OWN_RUN, True, True),
-        (OWN_AUTO_MAP, OWN_RUN, False, False),
-        (OWN_AUTO_MAP, OWN_RUN | {"trust_remote_code": False}, True, False),
-        (OWN_AUTO_MAP, {"trust_remote_code": True}, True, False),
-        ({"AutoModelForSequenceClassification": "evil/repo--modeling_hf_transfer.Classifier"}, OWN_RUN, True, False),
-        ({"AutoModelForSequenceClassification": "modeling_other.Classifier"}, OWN_RUN, True, False),
-        (None, OWN_RUN, True, False),
-    ],
-    ids=["own", "file-missing", "run-says-no", "not-hf-transfer", "other-repo-code", "other-module", "no-auto-map"],
-)
-def test_remote_code_is_trusted_only_for_the_projects_own_architecture(tmp_path, auto_map, run, own_file, trusted):
-    config = {"model_type": "bert"} | ({"auto_map": auto_map} if auto_map else {})
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "run.json").write_text(json.dumps(run))
-    if own_file:
-        (tmp_path / "modeling_hf_transfer.py").write_text("")
-
-    app = render_space_files("me/x", tmp_path)["app.py"].decode("utf-8")
-
-    assert ('TRUSTED_REPO = "me/x"' in app) is trusted
-
-
-def test_remote_code_runs_for_the_rendered_repo_and_never_for_another_model_id(tmp_path, tokenizer, monkeypatch):
+def test_remote_code_runs_for_the_trusted_rendered_repo_and_never_for_another_model_id(
+    tmp_path, tokenizer, monkeypatch
+):
     marker = tmp_path / "remote-code-ran"
-    folder = tmp_path / "pooled"
+    folder = tmp_path / "custom"
     model = tiny_bert(tokenizer, ["negative", "positive"], "single_label_classification")
     model.config.auto_map = {"AutoModelForSequenceClassification": "modeling_hf_transfer.MarkedClassifier"}
     write_output_folder(folder, model, tokenizer, "text-classification", [])
-    (folder / "run.json").write_text(json.dumps({"pipeline_tag": "text-classification", **OWN_RUN}))
+    # run.json's claims count for nothing: this modeling file is not hf_transfer's, so only an explicit trust runs it.
+    (folder / "run.json").write_text(
+        json.dumps({"pipeline_tag": "text-classification", "produced_by": "hf_transfer", "trust_remote_code": True})
+    )
     (folder / "modeling_hf_transfer.py").write_text(
         "from pathlib import Path\n\nfrom transformers import BertForSequenceClassification\n\n"
         f"Path({str(marker)!r}).touch()\n\n\nclass MarkedClassifier(BertForSequenceClassification):\n    pass\n"
     )
 
-    def run_app(rendered_for: str) -> str:
+    def run_app(rendered_for: str, **options) -> str:
         app_dir = Path(tempfile.mkdtemp(dir=tmp_path))
-        for name, content in render_space_files(rendered_for, folder).items():
+        for name, content in render_space_files(rendered_for, folder, **options).items():
             (app_dir / name).write_bytes(content)
         monkeypatch.setenv("MODEL_ID", str(folder))
         return type(runpy.run_path(str(app_dir / "app.py"))["CLASSIFIER"].model).__name__
 
-    assert run_app("me/other-model") == "BertForSequenceClassification"
-    assert not marker.exists()
-    assert run_app(str(folder)) == "MarkedClassifier"
+    # Never a silently different architecture: without its code the app stops, naming the model.
+    for rendered_for, options in (("me/other-model", {"trust_remote_code": True}), (str(folder), {})):
+        with pytest.raises(SystemExit, match=f"error: {folder.name} needs model code of its own"):
+            run_app(rendered_for, **options)
+        assert not marker.exists()
+    assert run_app(str(folder), trust_remote_code=True) == "MarkedClassifier"
     assert marker.exists()
 
 
+def tiny_pooled_folder(folder: Path, tokenizer) -> Path:
+    """hf_transfer's own architecture (mean pooling) saved as outputs.py saves it: auto_map + modeling file."""
+    from hf_transfer.pooled import POOLED_MODEL_FILE, mark_pooled_for_export, pooled_model_class, pooled_model_source
+
+    labels = ["business", "sport", "tech"]
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=len(tokenizer),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        hf_transfer_pooling="mean",
+    )
+    torch.manual_seed(5)
+    model = pooled_model_class(config)(config).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=3.0)
+    mark_pooled_for_export(model)
+    write_output_folder(folder, model, tokenizer, "text-classification", [{"text": "Shares rose sharply."}])
+    (folder / POOLED_MODEL_FILE).write_text(pooled_model_source(model.config), encoding="utf-8")
+    return folder
+
+
+def test_the_template_app_refuses_a_model_that_needs_its_own_code(tmp_path, tokenizer, monkeypatch):
+    """`cd space && MODEL_ID=outputs/x python app.py` on a mean-pooled folder used to serve transformers' own
+    BertForSequenceClassification (CLS token, untrained pooler) and wrong labels; now it stops and says what to do."""
+    folder = tiny_pooled_folder(tmp_path / "bbc-news-minilm-head", tokenizer)
+    monkeypatch.setenv("MODEL_ID", str(folder))
+
+    with pytest.raises(SystemExit) as refused:
+        runpy.run_path(str(template_dir() / "app.py"))
+
+    message = str(refused.value)
+    assert message.startswith("error: bbc-news-minilm-head needs model code of its own (auto_map in its config)")
+    assert "wrong labels" in message and f"`hf-transfer demo {folder}`" in message and "\n" not in message
+
+
+def test_demo_serves_the_projects_own_folder_titled_with_its_name(tmp_path, tokenizer):
+    folder = tiny_pooled_folder(tmp_path / "bbc-news-minilm-head", tokenizer)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    expected = torch.softmax(logits(model, tokenizer, SENTENCE), dim=-1)
+
+    with serve(folder) as (url, client):
+        result = client.predict(SENTENCE, api_name="/predict")
+        page = urllib.request.urlopen(url).read().decode() + urllib.request.urlopen(url + "config").read().decode()
+
+    scores = {item["label"]: item["confidence"] for item in result["confidences"]}
+    assert scores == pytest.approx(dict(zip(["business", "sport", "tech"], expected.tolist(), strict=True)), abs=1e-5)
+    assert '"title":"bbc-news-minilm-head"' in page.replace(" ", "") and str(folder.resolve()) not in page
+
+
+TASK_IO_NAMES = {
+    "EMOJI",
+    "MODEL_CLASS",
+    "PREPROCESS",
+    "load_processor",
+    "input_component",
+    "output_component",
+    "predict",
+    "examples",
+}
+"""What app.py uses of a task's I/O module (and EMOJI, which rendering reads into the front matter)."""
+
+
+def test_every_task_io_module_exposes_the_same_names():
+    modules = sorted(template_dir().glob("io_*.py"))
+    assert [p.name for p in modules] == ["io_image_classification.py", "io_text_classification.py"]
+    for path in modules:
+        defined = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign):
+                defined |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+        assert TASK_IO_NAMES <= defined, (path.name, TASK_IO_NAMES - defined)
+    # Without a folder to name the task (a Hub repo), the app gets every module and picks by the model's config.
+    assert {name for name in render_space_files("me/x", None) if name.startswith("io_")} == {p.name for p in modules}
+
+
 def test_app_does_not_import_hf_transfer(text_folder, tmp_path):
-    source = (template_dir() / "app.py").read_text()
     imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
-    assert "hf_transfer" not in imported
+    for path in template_dir().glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module.split(".")[0])
+    assert "gradio" in imported and "hf_transfer" not in imported
 
     # The rendered app runs in a fresh interpreter where hf_transfer cannot be imported at all.
     for name, content in render_space_files(str(text_folder), text_folder).items():

@@ -153,7 +153,7 @@ def _extract(accelerator: Any, model: Any, split: Dataset, processor: Any, batch
 
 def load_for_inference(folder: Path, trusted: bool) -> tuple[Any, Any]:
     """The saved image classifier and its image processor (transformers' own classes: no code of the folder's)."""
-    model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=trusted, use_safetensors=True)
     return model, AutoImageProcessor.from_pretrained(folder)
 
 
