@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -243,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison")
     compare.set_defaults(run=cmd_compare)
 
+    _add_folder_commands(commands)
+    return parser
+
+
+def _add_folder_commands(commands: Any) -> None:
+    """The commands that start from a finished output folder, and the ones that only print."""
     evaluate = commands.add_parser("evaluate", help="score a trained output folder on a split or a labelled file")
     evaluate.add_argument("output_dir")
     evaluate.add_argument("--split", default="test", help="split of the recipe's data (default: test)")
@@ -300,7 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     _add_trust_argument(demo, "run a Hub repo's own model code, or a folder's that is not hf_transfer's own")
     demo.set_defaults(run=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
