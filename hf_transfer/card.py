@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .card_parts import Applies, RunFacts, TaskCard, always, by_gradient, table
 from .recipe import parse_override
 from .run_folder import RunFolder
 from .sources import PACKAGED_DATASETS
+from .tasks import TASKS
 
 CARD = "README.md"
 HUB = "https://huggingface.co"
@@ -50,7 +50,7 @@ def render_model_card(
     base_model, dataset_id = hub_model_id(run), hub_dataset_id(run)
     strategy = run.get("strategy") or (recipe.get("strategy") or {}).get("kind", "unknown")
     pipeline_tag = run.get("pipeline_tag") or run.get("task")
-    task = TASK_CARDS.get(pipeline_tag) or TASK_CARDS["text-classification"]
+    task = _task_card(run)
     examples = folder.examples()[:EXAMPLES_SHOWN]
     dataset_name = (run.get("dataset") or {}).get("id") or "custom"
     data = ModelCardData(
@@ -164,18 +164,6 @@ def _summary(run: dict, strategy: str, base_model: str | None, dataset_id: str |
     return text
 
 
-def _number(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    def cell(value: object) -> str:
-        return _number(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(cell(v) for v in line) + " |" for line in lines)
-
-
 def _results(metrics: dict) -> str:
     splits = {s: v for s, v in metrics.items() if s != "train" and isinstance(v, dict)}
     names = sorted({m for values in splits.values() for m in values} - COUNTS)
@@ -183,7 +171,7 @@ def _results(metrics: dict) -> str:
         return ""
     names += sorted({m for values in splits.values() for m in values} & COUNTS)
     rows = [[split, *(values.get(m, "") for m in names)] for split, values in splits.items()]
-    return "## Results\n\n" + _table(["split", *names], rows)
+    return "## Results\n\n" + table(["split", *names], rows)
 
 
 def _confusion(folder: RunFolder, run: dict) -> str:
@@ -218,7 +206,7 @@ def _training(run: dict, metrics: dict, recipe: dict, public_text: str, task: Ta
     text = "## Training\n\n" + "\n".join(lines)
     rows = hyperparameters(recipe, run, metrics, task)
     if rows:
-        text += "\n\n" + _table(["hyperparameter", "value"], [[k, _shown(v)] for k, v in rows])
+        text += "\n\n" + table(["hyperparameter", "value"], [[k, _shown(v)] for k, v in rows])
     return text + _recipe_section(run, public_text)
 
 
@@ -252,33 +240,6 @@ def _reproducibility(run: dict) -> str:
 # -- hyperparameters: only those this run's strategy and task use -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunFacts:
-    """What decides which recipe keys mattered: read once from run.json, metrics.json and the resolved recipe."""
-
-    task: str
-    strategy: str
-    head_type: str
-    pooled: bool
-    """The head reads mean/CLS-pooled features (the project's pooled head), not the architecture's own head."""
-    on_features: bool
-    """The head trained on cached features of the frozen backbone (metrics.json `train.trained_on`)."""
-    warm_up: bool
-    crop: bool
-
-
-Applies = Callable[[RunFacts], bool]
-
-
-def _always(facts: RunFacts) -> bool:
-    return True
-
-
-def _by_gradient(facts: RunFacts) -> bool:
-    """Optimizer settings: everything but the L-BFGS head, which is fitted, not stepped."""
-    return facts.head_type != "lbfgs"
-
-
 def _fine_tuning(facts: RunFacts) -> bool:
     return facts.strategy != "head"
 
@@ -292,23 +253,23 @@ def _lbfgs(facts: RunFacts) -> bool:
 
 
 GENERAL_KEYS: dict[str, Applies] = {
-    "training.epochs": _by_gradient,
-    "training.batch_size": _by_gradient,
-    "training.lr": _by_gradient,
-    "training.weight_decay": _by_gradient,
-    "training.warmup": _by_gradient,
-    "training.scheduler": _by_gradient,
-    "training.grad_accum": _by_gradient,
-    "training.max_grad_norm": _by_gradient,
-    "training.eval_every": _by_gradient,
-    "training.early_stopping_patience": _by_gradient,
-    "training.metric_for_best": _always,
-    "training.seed": _always,
-    "training.max_train_samples": _always,
-    "training.max_eval_samples": _always,
+    "training.epochs": by_gradient,
+    "training.batch_size": by_gradient,
+    "training.lr": by_gradient,
+    "training.weight_decay": by_gradient,
+    "training.warmup": by_gradient,
+    "training.scheduler": by_gradient,
+    "training.grad_accum": by_gradient,
+    "training.max_grad_norm": by_gradient,
+    "training.eval_every": by_gradient,
+    "training.early_stopping_patience": by_gradient,
+    "training.metric_for_best": always,
+    "training.seed": always,
+    "training.max_train_samples": always,
+    "training.max_eval_samples": always,
     "training.layer_lr_decay": _fine_tuning,
-    "training.class_weights": _always,
-    "training.balanced_sampler": _by_gradient,
+    "training.class_weights": always,
+    "training.balanced_sampler": by_gradient,
     "strategy.layers": lambda f: f.strategy == "partial",
     "strategy.r": _lora,
     "strategy.alpha": _lora,
@@ -475,137 +436,6 @@ def _recipe_section(run: dict, public_text: str) -> str:
     return ""
 
 
-# == Per task: usage snippet, examples table, per-class table, task hyperparameters ===================================
-# Small pure functions of run.json's records, grouped by pipeline tag in TASK_CARDS, so that each group can move into
-# its task's plug-in module unchanged. `examples` are run.json's, already confined to the folder (RunFolder).
-
-
-@dataclass(frozen=True)
-class TaskCard:
-    """The card parts one pipeline tag renders its own way."""
-
-    usage: Callable[[str, list[dict], bool, bool], str]
-    """(repo ID, examples, needs its own code, is an adapter) -> Python snippet."""
-    examples: Callable[[list[dict]], str]
-    per_class: Callable[[dict], str]
-    keys: dict[str, Applies]
-    """The task's own recipe keys, with when each shapes the weights."""
-
-
-def _short(text: object, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _per_class_table(run: dict, title: str) -> str:
-    per_class = run.get("per_class") or {}
-    if not per_class:
-        return ""
-    keys = ["precision", "recall", "f1", "support"]
-    rows = [[label, *(values.get(k, "") for k in keys)] for label, values in per_class.items()]
-    return f"### {title} ({run.get('eval_split', 'evaluation')} split)\n\n" + _table(["label", *keys], rows)
-
-
-def _text_per_class(run: dict) -> str:
-    title = "Per-label metrics" if run.get("task") == "multi-label-classification" else "Per-class metrics"
-    return _per_class_table(run, title)
-
-
-def _text_examples(examples: list[dict]) -> str:
-    if not examples:
-        return ""
-    rows = [[_short(e.get("text", "")), *(e.get(k, "") for k in ("label", "prediction", "score"))] for e in examples]
-    return "### Examples\n\n" + _table(["text", "label", "prediction", "score"], rows)
-
-
-def _text_usage(repo_id: str, examples: list[dict], remote_code: bool, adapter: bool) -> str:
-    text = _short(examples[0]["text"], 80) if examples and "text" in examples[0] else "Replace me with your text"
-    text = repr(text)
-    remote = ", trust_remote_code=True" if remote_code else ""
-    if adapter:
-        # A Hub adapter repo makes pipeline() take the config (and labels) from the base model, so the labels come
-        # from the config.json pushed beside the adapter; transformers then loads base + adapter (peft installed).
-        return (
-            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n"
-            f'config = AutoConfig.from_pretrained("{repo_id}"{remote})\n'
-            f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", config=config{remote})\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-            f'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
-            f"print(classifier({text}))\n\n"
-            "# or with PEFT directly:\n"
-            "from peft import AutoPeftModelForSequenceClassification\n\n"
-            "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
-            f'    "{repo_id}", num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id\n'
-            ")\n"
-        )
-    return (
-        "from transformers import pipeline\n\n"
-        f'classifier = pipeline("text-classification", model="{repo_id}"{remote})\n'
-        f"print(classifier({text}))\n"
-    )
-
-
-def _image_per_class(run: dict) -> str:
-    return _per_class_table(run, "Per-class metrics")
-
-
-def _image_examples(examples: list[dict]) -> str:
-    examples = [e for e in examples if "image" in e]  # a path inside the folder (RunFolder.examples checked it)
-    if not examples:
-        return ""
-    rows = [[f"`{e['image']}`", *(e.get(k, "") for k in ("label", "prediction", "score"))] for e in examples]
-    return "### Examples\n\n" + _table(["image", "label", "prediction", "score"], rows)
-
-
-def _image_usage(repo_id: str, examples: list[dict], remote_code: bool, adapter: bool) -> str:
-    remote = ", trust_remote_code=True" if remote_code else ""
-    if adapter:
-        return (
-            "from peft import PeftConfig, PeftModel\n"
-            "from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline\n\n"
-            f'config = AutoConfig.from_pretrained("{repo_id}")\n'
-            f'base_id = PeftConfig.from_pretrained("{repo_id}").base_model_name_or_path\n'
-            "base = AutoModelForImageClassification.from_pretrained(\n"
-            "    base_id, num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id,\n"
-            "    ignore_mismatched_sizes=True,\n"
-            ")\n"
-            f'model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()\n'
-            f'classifier = pipeline("image-classification", model=model, '
-            f'image_processor=AutoImageProcessor.from_pretrained("{repo_id}"))\n'
-            'print(classifier("photo.jpg"))\n'
-        )
-    return (
-        "from transformers import pipeline\n\n"
-        f'classifier = pipeline("image-classification", model="{repo_id}"{remote})\n'
-        'print(classifier("photo.jpg"))  # a path, a URL or a PIL image\n'
-    )
-
-
-TASK_CARDS: dict[str, TaskCard] = {
-    "text-classification": TaskCard(
-        usage=_text_usage,
-        examples=_text_examples,
-        per_class=_text_per_class,
-        keys={
-            "data.max_length": _always,
-            # Length-grouped batches need token lengths: cached features have none.
-            "training.group_by_length": lambda f: _by_gradient(f) and not f.on_features,
-            "data.threshold": lambda f: f.task == "multi-label-classification",
-            "strategy.pooling": _always,
-            "strategy.normalize": lambda f: f.pooled,
-        },
-    ),
-    "image-classification": TaskCard(
-        usage=_image_usage,
-        examples=_image_examples,
-        per_class=_image_per_class,
-        keys={
-            "data.image_extensions": _always,
-            # A head on cached features saw the processor's pixels only: augmentation was off by construction.
-            "data.augmentation.random_resized_crop": lambda f: not f.on_features,
-            "data.augmentation.crop_scale": lambda f: f.crop and not f.on_features,
-            "data.augmentation.horizontal_flip": lambda f: not f.on_features,
-        },
-    ),
-}
-"""Pipeline tag -> its card parts; text-classification also covers multi-label classification and regression."""
+def _task_card(run: dict) -> TaskCard:
+    """The card sections of the run's task (its plug-in's); an unknown task reads as text classification."""
+    return TASKS.get(run.get("task") or "", TASKS["text-classification"]).card

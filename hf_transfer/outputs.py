@@ -132,7 +132,7 @@ def save_output_folder(
         for index in range(min(EXAMPLES_IN_CARD, len(split))):
             examples.append(task.example(out, split, index, raw_scores[index], predictions[index], names))
     run = _run_record(recipe, task, unwrapped, model_source, data, pooling, metrics, details, eval_split)
-    run.update(examples=examples, adapter=is_peft, recipe_as_written=public_as_written(recipe, model_source, data))
+    run.update(examples=examples, adapter=is_peft, recipe_as_written=as_written(recipe))
     write_json_atomic(out / "run.json", run)
     if details.get("confusion_matrix"):
         title = f"{model_source.hub_id}\n{recipe.strategy.kind} · {eval_split} split"
@@ -153,14 +153,20 @@ def _save_weights(out: Path, unwrapped: Any, state_dict: dict[str, Any], hub_id:
         unwrapped.save_pretrained(out / "adapter", state_dict=state_dict, save_embedding_layers=False)
         merged = unwrapped.merge_and_unload()
         merged.config._name_or_path = hub_id
+        _write_own_architecture(out, merged)  # a pooled LoRA run merges into the pooled architecture
         merged.save_pretrained(out)
         return True
     unwrapped.config._name_or_path = hub_id
-    if is_pooled(unwrapped):
-        mark_pooled_for_export(unwrapped)
-        (out / POOLED_MODEL_FILE).write_text(pooled_model_source(unwrapped.config), encoding="utf-8")
+    _write_own_architecture(out, unwrapped)
     unwrapped.save_pretrained(out, state_dict=state_dict)
     return False
+
+
+def _write_own_architecture(out: Path, model: Any) -> None:
+    """A pooled model points its config at its own architecture file, written beside the weights."""
+    if is_pooled(model):
+        mark_pooled_for_export(model)
+        (out / POOLED_MODEL_FILE).write_text(pooled_model_source(model.config), encoding="utf-8")
 
 
 def _run_record(
@@ -221,51 +227,3 @@ def _scrub_local_paths(out: Path, local_location: str) -> None:
                 if isinstance(data.get(key), str) and local_location in data[key]:
                     data.pop(key)
             write_json_atomic(path, data)
-
-
-PATH_KEYS = {
-    "model": "model",
-    "data.source": "data",
-    "training.output_dir": "output",
-    "strategy.feature_cache": "cache",
-}
-"""Recipe keys that may hold local paths, and what a published recipe shows instead."""
-
-
-def public_as_written(recipe: Recipe, model_source: Resolved, data: PreparedData) -> dict[str, Any] | None:
-    """The recipe as the user wrote it — their keys only, and their overrides — with every local path replaced by
-    what it stands for (the model's and the dataset's Hub IDs or names), so run.json and the card carry no path."""
-    written = as_written(recipe)
-    if written is None:
-        return None
-
-    def public(key: str, value: Any) -> Any:
-        kind = PATH_KEYS.get(key)
-        local = isinstance(value, str) and (Path(value).expanduser().exists() or Path(value).is_absolute())
-        if kind == "model":
-            return model_source.hub_id if local or value == recipe.model else value
-        if kind == "data":
-            return data.source.hub_id if local else value
-        if kind == "output":
-            return f"outputs/{Path(str(value)).name}"
-        if kind == "cache" and isinstance(value, str):
-            return None
-        return value
-
-    tree = written["tree"]
-    for key in PATH_KEYS:
-        section, _, leaf = key.rpartition(".")
-        node = tree.get(section) if section else tree
-        if isinstance(node, dict) and leaf in node:
-            node[leaf] = public(key, node[leaf])
-    files = (tree.get("data") or {}).get("files") if isinstance(tree.get("data"), dict) else None
-    if isinstance(files, dict):
-        tree["data"]["files"] = {split: Path(str(f)).name for split, f in files.items()}
-    overrides = []
-    for text in written["overrides"]:
-        key, _, value = text.partition("=")
-        if key.strip() == "data.files" or key.strip().startswith("data.files."):
-            value = Path(value).name
-        overrides.append(f"{key}={public(key.strip(), value)}" if key.strip() in PATH_KEYS else f"{key}={value}")
-    text = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
-    return {"file": written["file"], "text": text, "overrides": overrides}

@@ -307,7 +307,7 @@ class HubConfig(_Section):
 
 class Recipe(_Section):
     _as_written: dict[str, Any] | None = PrivateAttr(default=None)
-    """What the user wrote: the file's name, its keys (no defaults filled in) and the dotted overrides."""
+    """What the user wrote: the file's name, its text and the dotted overrides (publishing replaces local paths)."""
     model: str
     """Hub ID (e.g. sentence-transformers/all-MiniLM-L6-v2) or a local folder."""
     model_revision: str | None = None
@@ -575,19 +575,19 @@ def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
 ) -> Recipe:
     """Read a recipe YAML, apply dotted overrides and `--output-dir`, validate once."""
-    written = read_recipe_tree(path)
-    tree = apply_overrides(copy.deepcopy(written), overrides)
+    tree = apply_overrides(read_recipe_tree(path), overrides)
     if output_dir is not None:
         _set_key(tree, ["training", "output_dir"], output_dir, f"{path}: --output-dir")
     # Invisible characters typed in an override stay visible in the message.
     source = str(path) + (f" (with overrides {_escaped(' '.join(overrides), ascii_only=False)})" if overrides else "")
     recipe = recipe_from_dict(tree, source)
-    recipe._as_written = {"file": Path(path).name, "tree": written, "overrides": list(overrides)}
+    text = Path(path).read_text(encoding="utf-8")
+    recipe._as_written = {"file": Path(path).name, "text": text, "overrides": list(overrides)}
     return recipe
 
 
 def as_written(recipe: Recipe) -> dict[str, Any] | None:
-    """The recipe as the user wrote it (file name, its own keys, overrides), when it was loaded from a file."""
+    """The recipe as the user wrote it (file name, text, overrides), when it was loaded from a file."""
     return copy.deepcopy(recipe._as_written)
 
 

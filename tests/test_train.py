@@ -180,6 +180,20 @@ def test_mean_pooled_head_loads_with_plain_transformers_without_hf_transfer(tmp_
     assert all(abs(theirs[k] - ours[k]) < 1e-5 for k in ours)
 
 
+def test_mean_pooled_lora_run_saves_its_own_architecture_and_predicts_as_trained(tmp_path, make_recipe):
+    """A LoRA run on the pooled head merges into the pooled architecture: the folder must say so (auto_map and the
+    modeling file), or transformers would load its own class with a CLS head and an untrained pooler."""
+    recipe = make_recipe(strategy={"kind": "lora", "r": 4, "pooling": "mean"}, training={"lr": 5e-3})
+    out = train(load_recipe(recipe))
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_hf_transfer.")
+    assert (out / "modeling_hf_transfer.py").is_file()
+    run = load_run(out)
+    assert type(run.model).__name__ == "PooledModelForSequenceClassification"
+    saved = json.loads((out / "metrics.json").read_text())["test"]
+    assert evaluate_run(out, split="test")["accuracy"] == pytest.approx(saved["accuracy"])
+
+
 def test_multi_label_and_regression_runs(tmp_path, tiny_bert):
     from conftest import recipe_yaml
 

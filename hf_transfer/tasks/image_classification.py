@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
+from ..card_parts import TaskCard, always, per_class_table, table
 from ..data import LabelInfo, PreparedData, dataset_source, drop_unscored_splits, finish_splits, label_names
 from ..errors import DataError, RecipeError
 from ..image_features import (
@@ -124,6 +125,59 @@ def _example(
     }
 
 
+# -- the model card's sections for this task
+
+
+def _image_per_class(run: dict) -> str:
+    return per_class_table(run, "Per-class metrics")
+
+
+def _image_examples(examples: list[dict]) -> str:
+    examples = [e for e in examples if "image" in e]  # a path inside the folder (RunFolder.examples checked it)
+    if not examples:
+        return ""
+    rows = [[f"`{e['image']}`", *(e.get(k, "") for k in ("label", "prediction", "score"))] for e in examples]
+    return "### Examples\n\n" + table(["image", "label", "prediction", "score"], rows)
+
+
+def _image_usage(repo_id: str, examples: list[dict], remote_code: bool, adapter: bool) -> str:
+    remote = ", trust_remote_code=True" if remote_code else ""
+    if adapter:
+        return (
+            "from peft import PeftConfig, PeftModel\n"
+            "from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline\n\n"
+            f'config = AutoConfig.from_pretrained("{repo_id}")\n'
+            f'base_id = PeftConfig.from_pretrained("{repo_id}").base_model_name_or_path\n'
+            "base = AutoModelForImageClassification.from_pretrained(\n"
+            "    base_id, num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id,\n"
+            "    ignore_mismatched_sizes=True,\n"
+            ")\n"
+            f'model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()\n'
+            f'classifier = pipeline("image-classification", model=model, '
+            f'image_processor=AutoImageProcessor.from_pretrained("{repo_id}"))\n'
+            'print(classifier("photo.jpg"))\n'
+        )
+    return (
+        "from transformers import pipeline\n\n"
+        f'classifier = pipeline("image-classification", model="{repo_id}"{remote})\n'
+        'print(classifier("photo.jpg"))  # a path, a URL or a PIL image\n'
+    )
+
+
+IMAGE_CARD = TaskCard(
+    usage=_image_usage,
+    examples=_image_examples,
+    per_class=_image_per_class,
+    keys={
+        "data.image_extensions": always,
+        # A head on cached features saw the processor's pixels only: augmentation was off by construction.
+        "data.augmentation.random_resized_crop": lambda f: not f.on_features,
+        "data.augmentation.crop_scale": lambda f: f.crop and not f.on_features,
+        "data.augmentation.horizontal_flip": lambda f: not f.on_features,
+    },
+)
+
+
 def _choose_pooling(recipe: Recipe, model_dir: Path) -> str:
     """An image model's own global pooling, unless the recipe asks otherwise (refused by `build_model`)."""
     return recipe.strategy.pooling or "pooler"
@@ -202,6 +256,7 @@ IMAGE_CLASSIFICATION = Task(
     predict=predict_images,
     read_inputs=read_image_paths,
     format_result=format_result,
+    card=IMAGE_CARD,
     input_noun="image files",
     fixed_rows_hint=(
         "data.augmentation draws new training images every epoch: set data.augmentation.random_resized_crop and "

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
 
+    from ..card_parts import TaskCard
     from ..data import PreparedData
     from ..recipe import Recipe
 
@@ -81,6 +82,8 @@ class Task:
     """A --file of inputs (texts, or image paths)."""
     format_result: Callable[[str, dict[str, Any]], str]
     """One line of `predict` output."""
+    card: TaskCard
+    """The task's own sections of the model card: usage snippet, examples and per-class tables, its recipe keys."""
     input_noun: str = "texts"
     advise_probe: bool = False
     """`advise` can probe this task (a text encoder's hidden states, one class per row)."""

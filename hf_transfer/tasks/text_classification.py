@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from ..card_parts import TaskCard, always, by_gradient, per_class_table, short, table
 from ..data import (
     SPLIT_ALIASES,
     LabelInfo,
@@ -416,6 +417,63 @@ def _example(
     return example
 
 
+# -- the model card's sections for these tasks
+
+
+def _text_per_class(run: dict) -> str:
+    title = "Per-label metrics" if run.get("task") == "multi-label-classification" else "Per-class metrics"
+    return per_class_table(run, title)
+
+
+def _text_examples(examples: list[dict]) -> str:
+    if not examples:
+        return ""
+    rows = [[short(e.get("text", "")), *(e.get(k, "") for k in ("label", "prediction", "score"))] for e in examples]
+    return "### Examples\n\n" + table(["text", "label", "prediction", "score"], rows)
+
+
+def _text_usage(repo_id: str, examples: list[dict], remote_code: bool, adapter: bool) -> str:
+    text = short(examples[0]["text"], 80) if examples and "text" in examples[0] else "Replace me with your text"
+    text = repr(text)
+    remote = ", trust_remote_code=True" if remote_code else ""
+    if adapter:
+        # A Hub adapter repo makes pipeline() take the config (and labels) from the base model, so the labels come
+        # from the config.json pushed beside the adapter; transformers then loads base + adapter (peft installed).
+        return (
+            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n"
+            f'config = AutoConfig.from_pretrained("{repo_id}"{remote})\n'
+            f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", config=config{remote})\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+            f'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+            f"print(classifier({text}))\n\n"
+            "# or with PEFT directly:\n"
+            "from peft import AutoPeftModelForSequenceClassification\n\n"
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+            f'    "{repo_id}", num_labels=config.num_labels, id2label=config.id2label, label2id=config.label2id\n'
+            ")\n"
+        )
+    return (
+        "from transformers import pipeline\n\n"
+        f'classifier = pipeline("text-classification", model="{repo_id}"{remote})\n'
+        f"print(classifier({text}))\n"
+    )
+
+
+TEXT_CARD = TaskCard(
+    usage=_text_usage,
+    examples=_text_examples,
+    per_class=_text_per_class,
+    keys={
+        "data.max_length": always,
+        # Length-grouped batches need token lengths: cached features have none.
+        "training.group_by_length": lambda f: by_gradient(f) and not f.on_features,
+        "data.threshold": lambda f: f.task == "multi-label-classification",
+        "strategy.pooling": always,
+        "strategy.normalize": lambda f: f.pooled,
+    },
+)
+
+
 def _encode(splits: DatasetDict, tokenizer: Any, recipe: Recipe) -> Encoded:
     """Token ids truncated to data.max_length, padded per batch; train lengths kept for length-grouped batches."""
     tokenized = tokenize_splits(splits, tokenizer, recipe.data.max_length)
@@ -468,6 +526,7 @@ _SHARED: dict[str, Any] = dict(
     predict=predict_texts,
     read_inputs=read_texts,
     format_result=format_result,
+    card=TEXT_CARD,
 )
 TEXT_TASKS: dict[str, Task] = {
     "text-classification": Task(
