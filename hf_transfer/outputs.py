@@ -132,7 +132,7 @@ def save_output_folder(
         for index in range(min(EXAMPLES_IN_CARD, len(split))):
             examples.append(task.example(out, split, index, raw_scores[index], predictions[index], names))
     run = _run_record(recipe, task, unwrapped, model_source, data, pooling, metrics, details, eval_split)
-    run.update(examples=examples, adapter=is_peft, recipe_as_written=as_written(recipe))
+    run.update(examples=examples, adapter=is_peft, recipe_as_written=_public_as_written(recipe, run))
     write_json_atomic(out / "run.json", run)
     if details.get("confusion_matrix"):
         title = f"{model_source.hub_id}\n{recipe.strategy.kind} · {eval_split} split"
@@ -227,3 +227,15 @@ def _scrub_local_paths(out: Path, local_location: str) -> None:
                 if isinstance(data.get(key), str) and local_location in data[key]:
                     data.pop(key)
             write_json_atomic(path, data)
+
+
+def _public_as_written(recipe: Recipe, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe as the user wrote it, with local paths made public as the published card shows them: run.json
+    travels with the model, so it never holds a local path."""
+    from .card import public_recipe_as_written
+
+    written = as_written(recipe)
+    if written is None:
+        return None
+    name, text, overrides = public_recipe_as_written(written, run)
+    return {"file": name, "text": text, "overrides": overrides}

@@ -551,10 +551,9 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     if error["type"] == "missing":
         return f"{source}: missing required key {key!r}"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "value_error" and (not loc or _section_model(loc) is not None):
-        # A rule between keys of a section (or of two sections): the message names the keys; the section's whole
-        # content would only bury it.
-        return f"{source}: {message}" if not loc else f"{source}: {key}: {message}"
+    if error["type"] == "value_error" and not loc:
+        # A rule between keys of two sections: the message names the keys; the whole recipe would only bury it.
+        return f"{source}: {message}"
     allowed = error.get("ctx", {}).get("expected")
     hint = f"; allowed: {allowed}" if allowed else ""
     return f"{source}: {key} = {_shown(error.get('input'))} is invalid: {message}{hint}"
