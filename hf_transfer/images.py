@@ -19,12 +19,13 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 
-from .recipe import Recipe, RecipeError
+from .data import SPLIT_ALIASES, DataError, encode_label, read_table, split_files
+from .errors import RecipeError
+from .recipe import Recipe
+from .sources import load_function
 
 logger = logging.getLogger(__name__)
 
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "validation", "valid": "validation"}
-SPLIT_FOLDERS |= {"validation": "validation", "dev": "validation", "test": "test"}
 CROP_RATIO = (3 / 4, 4 / 3)
 SKIPS_LOGGED = 5
 """Skipped files named one by one in the log; the rest are only counted."""
@@ -97,8 +98,6 @@ def _class_folder_rows(folder: Path, extensions: list[str], skips: SkipLog, spli
 
 def _table_rows(path: Path, recipe: Recipe) -> dict[str, list]:
     """A csv/tsv/json table of image paths (relative to the table's folder) and labels."""
-    from .data import DataError, read_table
-
     table = read_table(path)
     data = recipe.data
     for column, key in ((data.image_column, "image_column"), (data.label_column, "label_column")):
@@ -111,14 +110,12 @@ def _table_rows(path: Path, recipe: Recipe) -> dict[str, list]:
 def _local_splits(root: Path, recipe: Recipe, skips: SkipLog) -> dict[str, dict[str, list]]:
     """A folder of split folders of class folders (train/ants, val/bees), of split tables (train.csv), or of class
     folders alone (everything is train); or one table file."""
-    from .data import DataError, split_files
-
     extensions = recipe.data.image_extensions
     if root.is_file():
         return {"train": _table_rows(root, recipe)}
     split_dirs = {}
     for child in sorted(root.iterdir()):
-        split = SPLIT_FOLDERS.get(child.name.lower())
+        split = SPLIT_ALIASES.get(child.name.lower())
         if child.is_dir() and split:
             if split in split_dirs:
                 raise DataError(f"{root}: two folders for split {split!r}: {split_dirs[split].name}, {child.name}")
@@ -138,8 +135,6 @@ def _local_splits(root: Path, recipe: Recipe, skips: SkipLog) -> dict[str, dict[
 
 def _hub_splits(location: str, recipe: Recipe) -> DatasetDict:
     import datasets
-
-    from .data import SPLIT_ALIASES
 
     loaded = datasets.load_dataset(location, recipe.data.config, revision=recipe.data.revision)
     return DatasetDict({SPLIT_ALIASES.get(name, name): split for name, split in loaded.items()})
@@ -164,8 +159,6 @@ def _vet(split: Dataset, name: str, skips: SkipLog) -> Dataset:
 
 def load_image_splits(recipe: Recipe, source: Any) -> tuple[DatasetDict, dict[str, int]]:
     """Every split as `image` (a datasets Image feature) + `label` (raw values), with skipped files counted."""
-    from .data import DataError
-
     skips = SkipLog()
     data = recipe.data
     if data.files:
@@ -174,8 +167,6 @@ def load_image_splits(recipe: Recipe, source: Any) -> tuple[DatasetDict, dict[st
     elif source.record["kind"] == "hub":
         splits = _hub_splits(source.location, recipe)
     elif source.record["kind"] == "function":
-        from .sources import load_function
-
         splits = DatasetDict(load_function(source.location)())
     else:
         raw = _local_splits(Path(source.location), recipe, skips)
@@ -204,8 +195,6 @@ def load_image_splits(recipe: Recipe, source: Any) -> tuple[DatasetDict, dict[st
 
 def encode_image_labels(splits: DatasetDict, recipe: Recipe, names: list[str]) -> DatasetDict:
     """Labels as ids into `names`; a label an evaluation split has but train lacks is an error naming the row."""
-    from .data import DataError, encode_label
-
     index = {name: i for i, name in enumerate(names)}
     int_labels = bool(recipe.data.label_names) or not all(n.lstrip("-").isdigit() for n in names)
     out = {}
@@ -381,6 +370,4 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-        from .data import DataError
-
         raise DataError(f"{path}: not an image that can be read ({type(error).__name__}: {error})") from None
