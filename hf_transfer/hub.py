@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 
 from .card import (
@@ -28,6 +28,7 @@ from .card import (
 )
 from .errors import PublishError, SourceError
 from .run_folder import ADAPTER_DIR, RunFolder
+from .sources import redact_url, redact_urls_in
 from .trust import allow_model_code
 
 try:
@@ -221,7 +222,7 @@ def _ensure_repo(api: HfApi, repo_id: str, repo_type: str, private: bool, exist_
             f"The {repo_type} repo {repo_id} already exists on the Hub. Pass --exist-ok (exist_ok=True) to update it."
         )
     prefix = "" if repo_type == "model" else f"{repo_type}s/"
-    return f"{api.endpoint}/{prefix}{repo_id}"
+    return f"{redact_url(api.endpoint)}/{prefix}{repo_id}"
 
 
 def _sync(
@@ -283,8 +284,14 @@ def _hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
             412: "The repo changed on the Hub during the push (412). Publish again.",
         }.get(status, f"The Hub answered {status}: {err.server_message or 'no details'}. Retry later.")
         raise PublishError(f"Publishing to {repo_id} failed. {hint} The local folder is unchanged.") from err
+    except OfflineModeIsEnabled:
+        raise PublishError(
+            f"Publishing to {repo_id} needs the Hub, but HF_HUB_OFFLINE is set: unset it and publish again; the local "
+            "folder is unchanged."
+        ) from None
     except TransportError as err:
         raise PublishError(
-            f"Publishing to {repo_id} failed: could not reach the Hub at {api.endpoint} ({type(err).__name__}: {err})."
+            f"Publishing to {repo_id} failed: could not reach the Hub at {redact_url(api.endpoint)} "
+            f"({type(err).__name__}: {redact_urls_in(str(err))})."
             " Check the connection and retry; the local folder is unchanged."
         ) from err

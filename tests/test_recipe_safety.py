@@ -311,3 +311,26 @@ def test_source_errors_hide_credentials_in_a_url(resolve, fresh_hub_probe):
     message = str(error.value)
     assert "'https://***@hub.example/org/name?token=***'" in message
     assert "secret" not in message and "hf_tok" not in message
+
+
+def test_publish_never_prints_a_credential_inside_the_hub_endpoint(tmp_path, monkeypatch):
+    """An unreachable Hub whose endpoint carries user:password: the one error line names the endpoint, not the
+    password."""
+    from huggingface_hub import constants
+
+    from hf_transfer.hub import PublishError, publish
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert", "id2label": {"0": "a", "1": "b"}}', encoding="utf-8")
+    (folder / "run.json").write_text('{"task": "text-classification", "strategy": "head"}', encoding="utf-8")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub-user:s3cret-pass@127.0.0.1:9")
+    with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set") as raised:  # the tests run offline
+        publish(folder, "me/model")
+    assert "s3cret-pass" not in str(raised.value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(PublishError, match="could not reach the Hub") as raised:
+        publish(folder, "me/model")
+    message = str(raised.value)
+    assert "s3cret-pass" not in message and "hub-user" not in message
+    assert "127.0.0.1:9" in message
