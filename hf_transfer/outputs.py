@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from .card import public_recipe_as_written, write_model_card
 from .fileio import write_json_atomic
 from .pooled import POOLED_MODEL_FILE, is_pooled, mark_pooled_for_export, pooled_model_source
 from .recipe import Recipe, as_written
@@ -137,8 +138,6 @@ def save_output_folder(
     if details.get("confusion_matrix"):
         title = f"{model_source.hub_id}\n{recipe.strategy.kind} · {eval_split} split"
         plot_confusion_matrix(details["confusion_matrix"], names, out / "confusion_matrix.png", title)
-    from .hub import write_model_card
-
     write_model_card(out)
     logger.info("wrote %s", out)
 
@@ -232,8 +231,6 @@ def _scrub_local_paths(out: Path, local_location: str) -> None:
 def _public_as_written(recipe: Recipe, run: dict[str, Any]) -> dict[str, Any] | None:
     """The recipe as the user wrote it, with local paths made public as the published card shows them: run.json
     travels with the model, so it never holds a local path."""
-    from .card import public_recipe_as_written
-
     written = as_written(recipe)
     if written is None:
         return None

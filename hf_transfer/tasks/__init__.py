@@ -5,6 +5,7 @@ entry here."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..data import PreparedData
@@ -41,7 +42,6 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
     return task_for(recipe.task).build_model(recipe, model_dir, id2label, pooling)
 
 
-def choose_pooling(recipe: Recipe, model_dir: Any) -> str:
-    from pathlib import Path
-
+def choose_pooling(recipe: Recipe, model_dir: str | Path) -> str:
+    """How the task's head reads the backbone for this recipe and checkpoint (`pooler`, `mean` or `cls`)."""
     return task_for(recipe.task).choose_pooling(recipe, Path(model_dir))

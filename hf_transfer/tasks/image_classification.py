@@ -37,6 +37,7 @@ from ..images import (
 )
 from ..recipe import Recipe
 from ..sources import check_safetensors
+from .classes import label_ids, softmax_scores, top_class, top_classes_line
 from .spec import Encoded, FeatureExtractor, Task
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def predict_images(run: Any, paths: list[str], batch_size: int = 16) -> list[dic
     for start in range(0, len(paths), batch_size):
         images = [open_image(path) for path in paths[start : start + batch_size]]
         pixels = run.preprocessor(images=images, return_tensors="pt")["pixel_values"]
-        scores = torch.softmax(run.model(pixel_values=pixels).logits, dim=-1).cpu().numpy()
+        scores = softmax_scores(run.model(pixel_values=pixels).logits).cpu().numpy()
         for row in scores:
             named = {run.id2label[i]: float(v) for i, v in enumerate(row)}
             results.append({"label": run.id2label[int(np.argmax(row))], "scores": named})
@@ -226,8 +227,7 @@ def read_image_paths(path: Path, recipe: Recipe) -> list[str]:
 def format_result(path: str, result: dict[str, Any]) -> str:
     """`label<TAB>top-3 scores<TAB>image path`."""
     shown = path if len(path) <= 60 else "..." + path[-57:]
-    top = sorted(result["scores"].items(), key=lambda item: -item[1])[:3]
-    return f"{result['label']}\t{', '.join(f'{label} {value:.3f}' for label, value in top)}\t{shown}"
+    return top_classes_line(shown, result)
 
 
 IMAGE_CLASSIFICATION = Task(
@@ -245,9 +245,9 @@ IMAGE_CLASSIFICATION = Task(
     augments=_augments,
     choose_pooling=_choose_pooling,
     build_model=build_model,
-    scores=lambda logits: torch.softmax(logits, dim=-1),
-    decide=lambda scores, config: scores.argmax(axis=-1),
-    references=lambda labels: labels.astype(int),
+    scores=softmax_scores,
+    decide=top_class,
+    references=label_ids,
     example=_example,
     features=FeatureExtractor(
         extract=_extract, cache_key=_feature_key, content_digest=image_content_digest, head=image_feature_head

@@ -37,6 +37,7 @@ from ..features import extract_features, pooled_feature_head, text_digest, token
 from ..pooled import pooled_model_class
 from ..recipe import Recipe
 from ..sources import BBC_NEWS, Resolved, check_safetensors, load_function
+from .classes import label_ids, softmax_scores, top_class, top_classes_line
 from .spec import Encoded, FeatureExtractor, Task
 
 logger = logging.getLogger(__name__)
@@ -337,16 +338,8 @@ def build_model(recipe: Recipe, model_dir: str, id2label: dict[int, str], poolin
     return model
 
 
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits, dim=-1)
-
-
 def _regression_value(logits: torch.Tensor) -> torch.Tensor:
     return logits.squeeze(-1)
-
-
-def _argmax(scores: np.ndarray, config: Any) -> np.ndarray:
-    return scores.argmax(axis=-1)
 
 
 def _over_threshold(scores: np.ndarray, config: Any) -> np.ndarray:
@@ -355,10 +348,6 @@ def _over_threshold(scores: np.ndarray, config: Any) -> np.ndarray:
 
 def _as_is(scores: np.ndarray, config: Any = None) -> np.ndarray:
     return scores
-
-
-def _as_ids(labels: np.ndarray) -> np.ndarray:
-    return labels.astype(int)
 
 
 @torch.inference_mode()
@@ -505,8 +494,7 @@ def format_result(text: str, result: dict[str, Any]) -> str:
     shown = text if len(text) <= 60 else text[:57] + "..."
     if "scores" not in result:
         return f"{result['score']:.4f}\t{shown}"
-    top = sorted(result["scores"].items(), key=lambda item: -item[1])[:3]
-    return f"{result['label']}\t{', '.join(f'{label} {value:.3f}' for label, value in top)}\t{shown}"
+    return top_classes_line(shown, result)
 
 
 TEXT_FEATURES = FeatureExtractor(
@@ -538,9 +526,9 @@ TEXT_TASKS: dict[str, Task] = {
         single_label=True,
         compare_metric="accuracy",
         advise_probe=True,
-        scores=_softmax,
-        decide=_argmax,
-        references=_as_ids,
+        scores=softmax_scores,
+        decide=top_class,
+        references=label_ids,
         **_SHARED,
     ),
     "multi-label-classification": Task(
@@ -553,7 +541,7 @@ TEXT_TASKS: dict[str, Task] = {
         compare_metric="accuracy",
         scores=torch.sigmoid,
         decide=_over_threshold,
-        references=_as_ids,
+        references=label_ids,
         **_SHARED,
     ),
     "text-regression": Task(
