@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -16,6 +17,14 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, output_help: str = "o
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=3e-5 strategy.kind=lora")
     parser.add_argument("--output-dir", help=output_help)
+
+
+def _add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8"),
+        help="what runs the model (default: the fastest ONNX export in the folder whose parity passed, else torch)",
+    )
 
 
 def _add_trust_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -108,6 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         file=args.file,
         data_source=args.data_source,
         trust_remote_code=args.trust_remote_code,
+        runtime=args.runtime,
     )
     print(json.dumps(scores, indent=2))
     return 0
@@ -116,22 +126,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from .inference import load_run, predict_inputs
+    from .inference import load_run
+    from .streaming import file_inputs, predict_stream, write_results
 
     transformers_logging.disable_progress_bar()  # the output is the predictions, not a loading bar
-    run = load_run(args.output_dir, trust_remote_code=args.trust_remote_code)
-    inputs = list(args.texts)
+    run = load_run(args.output_dir, trust_remote_code=args.trust_remote_code, runtime=args.runtime)
+    inputs, total = list(args.texts), len(args.texts)
     if args.file:
-        inputs += run.task.read_inputs(Path(args.file), run.recipe)
-    if not inputs:
+        streamed, count = file_inputs(run, Path(args.file))
+        inputs, total = itertools.chain(inputs, streamed), total + count
+    if not total:
         print(f"error: give {run.task.input_noun} as arguments or --file", file=sys.stderr)
         return 2
-    results = predict_inputs(run, inputs)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for value, result in zip(inputs, results, strict=True):
-        print(run.task.format_result(value, result))
+    write_results(run, predict_stream(run, inputs, total), args.json, sys.stdout)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx_export import export, summary
+
+    manifest = export(args.output_dir, int8=args.int8, inputs_file=args.inputs)
+    print(json.dumps(summary(manifest), indent=2))
     return 0
 
 
@@ -194,7 +209,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .space import launch_demo
 
-    launch_demo(args.model, host=args.host, port=args.port, share=args.share, trust_remote_code=args.trust_remote_code)
+    launch_demo(
+        args.model,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        trust_remote_code=args.trust_remote_code,
+        runtime=args.runtime,
+    )
     return 0
 
 
@@ -262,6 +284,7 @@ def _add_folder_commands(commands: Any) -> None:
         "(a loader named only by the folder's own recipe is never imported)",
     )
     _add_trust_argument(evaluate)
+    _add_runtime_argument(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="predict labels for texts or images with a trained output folder")
@@ -272,7 +295,16 @@ def _add_folder_commands(commands: Any) -> None:
     )
     predict.add_argument("--json", action="store_true", help='print [{"label": ..., "scores": {...}}, ...]')
     _add_trust_argument(predict)
+    _add_runtime_argument(predict)
     predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="export an output folder's model to ONNX (onnx/), optionally int8")
+    export.add_argument("output_dir")
+    export.add_argument("--int8", action="store_true", help="also write an int8 model (dynamic quantisation)")
+    export.add_argument(
+        "--inputs", help="inputs to trace and check parity with (a .txt or table, as predict --file reads)"
+    )
+    export.set_defaults(run=cmd_export)
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes")
     recipes.add_argument("--dir", help="another folder of recipes")
@@ -306,6 +338,7 @@ def _add_folder_commands(commands: Any) -> None:
     demo.add_argument("--port", type=int)
     demo.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     _add_trust_argument(demo, "run a Hub repo's own model code, or a folder's that is not hf_transfer's own")
+    _add_runtime_argument(demo)
     demo.set_defaults(run=cmd_demo)
 
 

@@ -35,6 +35,10 @@ class PublishError(RuntimeError):
     """A push that could not be done; the message says why and what to do, and never contains a token."""
 
 
+class ExportError(RuntimeError):
+    """A model that cannot be exported to ONNX, or an ONNX export that no longer matches the folder's weights."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     RecipeError,
     SourceError,
@@ -44,5 +48,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ResumeError,
     TrainingError,
     PublishError,
+    ExportError,
     FileNotFoundError,
 )

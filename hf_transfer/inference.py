@@ -12,12 +12,14 @@ from typing import Any
 from accelerate import Accelerator
 from datasets import DatasetDict, concatenate_datasets
 from torch.utils.data import DataLoader
+from transformers import AutoConfig
 
 from .errors import DataError, RecipeError
 from .evaluation import evaluate_loader
 from .metrics import flat_scores
 from .recipe import Recipe, load_recipe
 from .run_folder import RunFolder
+from .runtimes import choose_runtime, load_onnx_model
 from .sources import check_saved_weights, resolve_dataset_source
 from .tasks import Task, task_for
 from .trust import allow_model_code
@@ -36,13 +38,17 @@ class LoadedRun:
     preprocessor: Any
     """The tokenizer, or the image processor."""
     id2label: dict[int, str]
+    runtime: str = "torch"
+    """What runs the model: `torch`, or its ONNX export `onnx` / `onnx-int8` (`runtimes.py`)."""
 
 
-def load_run(folder: str | Path, trust_remote_code: bool = False) -> LoadedRun:
+def load_run(folder: str | Path, trust_remote_code: bool = False, runtime: str | None = None) -> LoadedRun:
     """Load an output folder (never retrains): its recipe, model and preprocessor.
 
     The model's own code runs only when it is hf_transfer's own architecture, byte for byte, or with the user's
     `trust_remote_code` (`trust.py`); a folder that needs other code is refused rather than loaded wrongly.
+    `runtime` (None: the fastest ONNX export present whose parity passed, else torch) is chosen by `runtimes.py`;
+    an ONNX model stands in for the torch one, so the task's predict and scores run unchanged.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "recipe.yaml").is_file():
@@ -51,10 +57,16 @@ def load_run(folder: str | Path, trust_remote_code: bool = False) -> LoadedRun:
     check_saved_weights(folder)
     trusted = allow_model_code(RunFolder(folder), trust_remote_code)
     task = task_for(recipe.task)
-    model, preprocessor = task.load_for_inference(folder, trusted)
+    chosen = choose_runtime(RunFolder(folder), runtime)
+    if chosen == "torch":
+        model, preprocessor = task.load_for_inference(folder, trusted)
+    else:
+        # The folder's own recipe never decides to run code: its preprocessor loads as load_for_inference's does.
+        preprocessor = task.load_preprocessor(str(folder), recipe.model_copy(update={"trust_remote_code": False}))
+        model = load_onnx_model(RunFolder(folder), chosen, AutoConfig.from_pretrained(folder))
     model.eval()
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    return LoadedRun(folder, recipe, task, model, preprocessor, id2label)
+    return LoadedRun(folder, recipe, task, model, preprocessor, id2label, chosen)
 
 
 def predict_inputs(run: LoadedRun, inputs: list[str]) -> list[dict[str, Any]]:
@@ -85,6 +97,7 @@ def evaluate_run(
     file: str | None = None,
     data_source: str | None = None,
     trust_remote_code: bool = False,
+    runtime: str | None = None,
 ) -> dict[str, float]:
     """Re-score the saved model on a split of the recipe's data, or on a labelled file with the recipe's columns.
 
@@ -93,7 +106,7 @@ def evaluate_run(
     """
     if not data_source and not file:
         _refuse_the_folders_own_loader(Path(folder))
-    run = load_run(folder, trust_remote_code)
+    run = load_run(folder, trust_remote_code, runtime)
     recipe = run.recipe.model_copy(deep=True)
     if data_source:
         recipe.data.source = data_source

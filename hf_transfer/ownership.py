@@ -72,7 +72,7 @@ RUN_FILES = frozenset(
         MARKER_PREFIX + RUN,
     }
 )
-RUN_FOLDERS = frozenset({"checkpoints", "adapter", "examples", "hf_transfer"})
+RUN_FOLDERS = frozenset({"checkpoints", "adapter", "examples", "hf_transfer", "onnx"})
 RUN_PATTERNS = ("model-*-of-*.safetensors", ".*.tmp")  # weight shards; fileio's atomic writes cut short by a kill
 
 

@@ -1,0 +1,151 @@
+"""The runtimes an output folder serves with: eager PyTorch, or its ONNX export (fp32 or int8) under ONNX Runtime.
+
+Owns the `onnx/` folder as a reader: its manifest (written by `onnx_export.py`), the check that the export still
+matches the weights it came from, which runtime to use, and the ONNX model that stands in for the torch one: called
+with the same tensors, it returns an object whose `.logits` is a torch tensor, so each task's `predict` and `scores`
+run unchanged."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .errors import ExportError
+from .fileio import file_sha256
+from .run_folder import ADAPTER_DIR, RunFolder
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+MANIFEST = "manifest.json"
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+VARIANT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+FASTEST_FIRST = ("onnx-int8", "onnx")
+"""The order the default runtime is picked in, among the variants whose parity passed at export."""
+INSTALL_HINT = "install the `onnx` extra: pip install 'hf-transfer-recipes[onnx]'"
+
+
+def weight_checksums(folder: RunFolder) -> dict[str, str]:
+    """sha256 of what an export is made from: config.json (labels, pooling), the safetensors weights and a LoRA's
+    adapter weights (the Space of an adapter repo checks those, as the merged weights are not pushed)."""
+    files = {n: p for n, p in folder.listing().items() if n == "config.json" or n.endswith(".safetensors")}
+    for name, path in folder.listing(ADAPTER_DIR).items():
+        if name.endswith(".safetensors"):
+            files[f"{ADAPTER_DIR}/{name}"] = path
+    return {name: file_sha256(path) for name, path in sorted(files.items())}
+
+
+def read_export(folder: RunFolder) -> dict[str, Any] | None:
+    """The folder's ONNX manifest once its files and the weights it was exported from are checked; None when the
+    folder has no export. A stale or altered export is an ExportError, never used."""
+    manifest = folder.json(f"{ONNX_DIR}/{MANIFEST}")
+    if not manifest:
+        return None
+    again = f"run `hf-transfer export {folder.path}` again, or pass --runtime torch"
+    now = weight_checksums(folder)
+    recorded = manifest.get("weights") or {}
+    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    if changed:
+        raise ExportError(
+            f"{folder.path}/{ONNX_DIR} is stale: it was exported from other weights ({', '.join(changed)} changed "
+            f"since the export, sha256 differs); {again}"
+        )
+    for runtime, variant in (manifest.get("variants") or {}).items():
+        path = folder.file(f"{ONNX_DIR}/{variant.get('file')}")
+        if path is None or file_sha256(path) != variant.get("sha256"):
+            state = "is missing" if path is None else "is not the file the export wrote (sha256 differs)"
+            raise ExportError(f"{folder.path}/{ONNX_DIR}/{variant.get('file')} ({runtime}) {state}; {again}")
+    return manifest
+
+
+def passed(manifest: dict[str, Any], runtime: str) -> bool:
+    """Whether the export's parity check against PyTorch passed for this variant."""
+    return bool(((manifest.get("variants") or {}).get(runtime) or {}).get("parity", {}).get("passed"))
+
+
+def choose_runtime(folder: RunFolder, requested: str | None = None) -> str:
+    """`requested`, checked; by default the fastest ONNX variant whose recorded parity passed, else `torch`.
+
+    `torch` never reads `onnx/`, so a folder without an export (or a user asking for torch) behaves as before.
+    """
+    if requested is not None and requested not in RUNTIMES:
+        raise ExportError(f"runtime {requested!r} is unknown; choose from {', '.join(RUNTIMES)}")
+    if requested == "torch":
+        return "torch"
+    manifest = read_export(folder)
+    if requested is None:
+        found = [r for r in FASTEST_FIRST if manifest and passed(manifest, r)]
+        return found[0] if found else "torch"
+    if manifest is None or requested not in (manifest.get("variants") or {}):
+        flag = " --int8" if requested == "onnx-int8" else ""
+        raise ExportError(
+            f"{folder.path} has no {requested} export ({ONNX_DIR}/{VARIANT_FILES[requested]}); run "
+            f"`hf-transfer export {folder.path}{flag}` first"
+        )
+    if not passed(manifest, requested):
+        logger.warning(
+            "%s: the %s export did not pass its parity check at export (onnx/%s)", folder.path, requested, MANIFEST
+        )
+    return requested
+
+
+_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session in the torch model's place: the same keyword tensors in, `.logits` (torch) out, and the
+    model's `config`. A torch module only so Accelerate and transformers pipelines take it; it holds no weights."""
+
+    def __init__(self, path: Path, config: Any, threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ExportError(f"the ONNX runtimes need onnxruntime: {INSTALL_HINT}") from None
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.config = config
+        self.path = path
+        self.input_types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def can_generate(self) -> bool:
+        return False
+
+    def forward(self, **inputs: Any) -> SequenceClassifierOutput:
+        given = {name: value for name, value in inputs.items() if value is not None}
+        if set(given) != set(self.input_types):
+            raise ExportError(
+                f"{self.path} takes {sorted(self.input_types)}, but the model was called with {sorted(given)}; "
+                "export the folder again with this hf_transfer"
+            )
+        feed = {
+            name: np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=dtype)
+            for name, value in given.items()
+            for dtype in [self.input_types[name]]
+        }
+        (logits,) = self.session.run(["logits"], feed)
+        # Only `logits` is read downstream; the transformers output class lets pipelines index it by name too.
+        return SequenceClassifierOutput(logits=torch.from_numpy(logits))
+
+
+def load_onnx_model(folder: RunFolder, runtime: str, config: Any) -> OnnxModel:
+    """The ONNX model of a runtime `choose_runtime` returned (its files already checked against the manifest)."""
+    path = folder.file(f"{ONNX_DIR}/{VARIANT_FILES[runtime]}")
+    if path is None:
+        raise ExportError(f"{folder.path}/{ONNX_DIR}/{VARIANT_FILES[runtime]} is missing")
+    return OnnxModel(path, config)
