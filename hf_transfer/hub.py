@@ -28,6 +28,7 @@ from .card import (
 )
 from .errors import PublishError, SourceError
 from .run_folder import ADAPTER_DIR, RunFolder
+from .runtimes import MANIFEST, ONNX_DIR, read_export
 from .sources import redact_url, redact_urls_in
 from .trust import allow_model_code
 
@@ -70,7 +71,8 @@ def publish_files(output_dir: Path, *, adapter: bool) -> dict[str, Path]:
 
     Top-level files only (never `checkpoints/`, logs or pickles), and only those that resolve inside the folder: a
     symlink out of it is skipped with a warning. With `adapter=True` the merged weights are left out and the PEFT
-    adapter files take their place at the top of the repo, beside the fine-tuned `config.json`.
+    adapter files take their place at the top of the repo, beside the fine-tuned `config.json`. An ONNX export
+    travels in `onnx/` (its manifest and the files it names) once checked against the weights it was made from.
     """
     folder = RunFolder(output_dir)
     files = {
@@ -83,6 +85,10 @@ def publish_files(output_dir: Path, *, adapter: bool) -> dict[str, Path]:
         for name, path in folder.listing(ADAPTER_DIR).items():
             if name.startswith("adapter_") and not name.endswith(LOCAL_ONLY_SUFFIXES):
                 files[name] = path
+    if read_export(folder) is not None:  # a stale export is refused here (ExportError), never pushed
+        manifest = folder.json(f"{ONNX_DIR}/{MANIFEST}")
+        named = [MANIFEST] + [variant["file"] for variant in manifest["variants"].values()]
+        files.update({f"{ONNX_DIR}/{n}": p for n, p in folder.listing(ONNX_DIR).items() if n in named})
     return files
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .run_folder import EXAMPLE_FILE_KEYS, RunFolder
+from .runtimes import choose_runtime, read_export
 from .trust import allow_model_code, check_code
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 # The Gradio release the template was last tested with; used only when Gradio is not installed here.
 TESTED_GRADIO = "6.31.0"
+TESTED_ONNXRUNTIME = "1.32.0"
 MAX_EXAMPLES = 8
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # In app.py each placeholder is a whole string literal, so the template itself stays valid Python.
@@ -70,6 +72,8 @@ def render_space_files(
     is_timm = folder is not None and folder.config.get("model_type") == "timm_wrapper"
     if adapter is None:
         adapter = folder is not None and (folder.adapter or folder.file("adapter_config.json") is not None)
+    # An ONNX export (checked against the weights: a stale one is refused here) adds onnxruntime, pinned.
+    onnx = folder is not None and read_export(folder) is not None
     trusted_repo, code_sha256 = _code_trust(repo_id, folder, trust_remote_code)
     name = repo_id.rstrip("/").rsplit("/", 1)[-1]
     values = {
@@ -87,8 +91,13 @@ def render_space_files(
     texts = {
         "app.py": _fill((template / "app.py").read_text(encoding="utf-8"), values, CODE_PLACEHOLDER, quote=True),
         **io_modules,
-        "requirements.txt": _requirements(
-            (template / "requirements.txt").read_text(encoding="utf-8"), {"adapter": adapter, "timm": is_timm}, tasks
+        "requirements.txt": _fill(
+            _requirements(
+                (template / "requirements.txt").read_text(encoding="utf-8"),
+                {"adapter": adapter, "timm": is_timm, "onnx": onnx},
+                tasks,
+            ),
+            {"ONNXRUNTIME_VERSION": _installed("onnxruntime", TESTED_ONNXRUNTIME)},
         ),
         "README.md": "---\n" + _fill(front_matter, values, quote=True) + "---\n" + _fill(body, values),
     }
@@ -125,16 +134,20 @@ def launch_demo(
     share: bool = False,
     prevent_thread_lock: bool = False,
     trust_remote_code: bool = False,
+    runtime: str | None = None,
 ) -> gr.Blocks:
     """Run the Space's own app.py locally on an output folder (offline) or a Hub repo ID; returns the Gradio app.
 
     Without `trust_remote_code` a local folder's code runs only when it is hf_transfer's own architecture (a folder
     that needs other code is refused here, with one clear line), and a Hub repo's never. The page is titled with
     the folder's name or the repo ID. With `prevent_thread_lock=True` this returns at once; `.close()` stops it.
+    `runtime`: as for predict (`runtimes.choose_runtime`, checked here for a folder); a Hub repo's app checks its
+    own export and serves it when it verifies.
     """
     folder = Path(model)
     if folder.is_dir():
         allow_model_code(RunFolder(folder), trust_remote_code)
+        runtime = choose_runtime(RunFolder(folder), runtime)
         model_id = str(folder.resolve())
         files = render_space_files(model_id, folder, trust_remote_code=trust_remote_code)
     else:
@@ -147,24 +160,31 @@ def launch_demo(
         (workdir / filename).write_bytes(content)
     # Offline by default: no version check or usage analytics unless the user opted in.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = _import_app(workdir / "app.py", model_id)
+    app = _import_app(workdir / "app.py", model_id, runtime)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock)
     return app.demo
 
 
-def _import_app(path: Path, model_id: str) -> Any:
-    """Execute app.py as a fresh module with MODEL_ID set (the app reads it at import), restoring the variable."""
-    previous = os.environ.get("MODEL_ID")
-    os.environ["MODEL_ID"] = model_id
+def _import_app(path: Path, model_id: str, runtime: str | None = None) -> Any:
+    """Execute app.py as a fresh module with MODEL_ID (and RUNTIME) set, as the app reads them at import; the
+    variables are restored afterwards."""
+    values = {"MODEL_ID": model_id, "RUNTIME": runtime}
+    previous = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         spec = importlib.util.spec_from_file_location("hf_transfer_space_app", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        if previous is None:
-            os.environ.pop("MODEL_ID", None)
-        else:
-            os.environ["MODEL_ID"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return module
 
 
@@ -219,7 +239,12 @@ def _examples(folder: RunFolder) -> dict[str, bytes]:
 
 def _gradio_version() -> str:
     """The installed Gradio release (what the app runs with here), else the release the template was tested with."""
+    return _installed("gradio", TESTED_GRADIO)
+
+
+def _installed(package: str, tested: str) -> str:
+    """The installed release of `package` (what the app was checked with here), else the release last tested."""
     try:
-        return version("gradio")
+        return version(package)
     except PackageNotFoundError:
-        return TESTED_GRADIO
+        return tested

@@ -20,7 +20,9 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import gradio as gr
+import torch
 from transformers import AutoConfig, PreTrainedConfig, pipeline
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import cached_file, find_adapter_config_file
 
 # Written in when the Space is rendered; the MODEL_ID Space variable (or environment variable) takes precedence.
@@ -41,6 +43,10 @@ TASK_OF_ARCHITECTURE = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
 }
+# What serves the model: the RUNTIME Space variable (or environment variable) `torch`, `onnx` or `onnx-int8`; unset,
+# the fastest ONNX export in the model repo that verifies (see `onnx_file`), else transformers on the weights.
+RUNTIME = os.environ.get("RUNTIME") or "auto"
+ONNX_FASTEST_FIRST = ("onnx-int8", "onnx")
 # System fonts only, so the page makes no request to a font CDN (the local demo runs offline).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
@@ -139,14 +145,104 @@ def load_task_io(task: str) -> ModuleType:
     return module
 
 
-def load_classifier(model_id: str, config: dict, task_io: ModuleType) -> Any:
-    """Build the pipeline for `model_id` (a full model or a PEFT adapter)."""
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_match(model_id: str, weights: dict) -> bool:
+    """Whether the repo's weights are those the export was made from: every recorded file the repo holds has the
+    recorded sha256 (an adapter repo holds the adapter's weights, not the merged ones), and at least one does."""
+    matched = False
+    for name, digest in weights.items():
+        path = find_file(model_id, Path(name).name)
+        if path is None:
+            continue
+        if sha256_of(path) != digest:
+            return False
+        matched = matched or name.endswith(".safetensors")
+    return matched
+
+
+def onnx_file(model_id: str) -> str | None:
+    """The ONNX model to serve, or None (then transformers serves the weights): onnxruntime is installed, the repo's
+    `onnx/manifest.json` was made from exactly these weights, the file is the one exported (sha256), and, unless
+    RUNTIME names it, its parity check against PyTorch passed at export."""
+    if RUNTIME == "torch":
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    path = find_file(model_id, "onnx/manifest.json")
+    if path is None:
+        return None
+    manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not weights_match(model_id, manifest.get("weights") or {}):
+        print(f"{MODEL_NAME}: the ONNX export was made from other weights; serving the weights with transformers")
+        return None
+    for runtime in [RUNTIME] if RUNTIME in ONNX_FASTEST_FIRST else ONNX_FASTEST_FIRST:
+        variant = (manifest.get("variants") or {}).get(runtime) or {}
+        name = str(variant.get("file") or "")
+        if not name or Path(name).name != name or (RUNTIME == "auto" and not variant.get("parity", {}).get("passed")):
+            continue
+        path = find_file(model_id, f"onnx/{name}")
+        if path and sha256_of(path) == variant.get("sha256"):
+            return path
+    return None
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session in the transformers model's place: the pipeline passes it the same tensors and reads
+    `logits`, so the task's I/O module runs unchanged."""
+
+    def __init__(self, path: str, config: PreTrainedConfig) -> None:
+        import onnxruntime
+
+        super().__init__()
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.names = {node.name for node in self.session.get_inputs()}
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def can_generate(self) -> bool:
+        return False
+
+    def forward(self, **inputs: Any) -> SequenceClassifierOutput:
+        feed = {name: value.numpy() for name, value in inputs.items() if name in self.names}
+        (logits,) = self.session.run(["logits"], feed)
+        return SequenceClassifierOutput(logits=torch.from_numpy(logits))
+
+
+def load_classifier(model_id: str, config: dict, task_io: ModuleType) -> tuple[Any, str]:
+    """Build the pipeline for `model_id` (a full model or a PEFT adapter); returns it and what runs the model."""
     task = task_of(config)
     adapter = find_adapter_config_file(model_id) is not None
     trust = may_run_code(model_id, config, adapter)
+    served = onnx_file(model_id)
+    # An adapter repo without its own preprocessor would need the base model's: transformers serves it then.
+    if served and (not adapter or any(find_file(model_id, name) for name in PREPROCESSOR_FILES)):
+        parsed = AutoConfig.from_pretrained(model_id)
+        # Named after the architecture it was exported from: pipelines log an error for a class they do not know.
+        architecture = (parsed.architectures or ["OnnxModel"])[0]
+        model = type(architecture, (OnnxModel,), {})(served, parsed)
+        return pipeline(task, model=model, **task_io.load_processor(model_id)), f"ONNX Runtime ({Path(served).name})"
+    if RUNTIME in ONNX_FASTEST_FIRST:
+        print(f"{MODEL_NAME}: no verified {RUNTIME} export (or no onnxruntime); serving the weights with transformers")
     if not adapter:
         # safetensors only: a pickled checkpoint could run code on load.
-        return pipeline(task, model=model_id, trust_remote_code=trust, model_kwargs={"use_safetensors": True})
+        classifier = pipeline(task, model=model_id, trust_remote_code=trust, model_kwargs={"use_safetensors": True})
+        return classifier, "transformers"
 
     from peft import PeftConfig, PeftModel
 
@@ -159,12 +255,12 @@ def load_classifier(model_id: str, config: dict, task_io: ModuleType) -> Any:
     base = task_io.MODEL_CLASS.from_pretrained(base_id, use_safetensors=True, ignore_mismatched_sizes=True, **labels)
     model = PeftModel.from_pretrained(base, model_id).merge_and_unload()
     source = model_id if any(find_file(model_id, name) for name in PREPROCESSOR_FILES) else base_id
-    return pipeline(task, model=model, **task_io.load_processor(source))
+    return pipeline(task, model=model, **task_io.load_processor(source)), "transformers"
 
 
 CONFIG = PreTrainedConfig.get_config_dict(MODEL_ID)[0]
 TASK_IO = load_task_io(task_of(CONFIG))
-CLASSIFIER = load_classifier(MODEL_ID, CONFIG, TASK_IO)
+CLASSIFIER, SERVED_BY = load_classifier(MODEL_ID, CONFIG, TASK_IO)
 
 
 def predict(value: Any) -> Any:
@@ -181,7 +277,9 @@ def load_examples() -> list[list[str]]:
 
 
 with gr.Blocks(title=MODEL_NAME) as demo:
-    gr.Markdown(f"## {MODEL_NAME}\nFine-tuned with hf_transfer. Enter an input and press **Predict**.")
+    gr.Markdown(
+        f"## {MODEL_NAME}\nFine-tuned with hf_transfer, served by {SERVED_BY}. Enter an input and press **Predict**."
+    )
     with gr.Row():
         with gr.Column():
             model_input = TASK_IO.input_component()
