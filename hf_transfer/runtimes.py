@@ -108,6 +108,9 @@ class OnnxModel(torch.nn.Module):
         except ImportError:
             raise ExportError(f"the ONNX runtimes need onnxruntime: {INSTALL_HINT}") from None
         options = onnxruntime.SessionOptions()
+        # Idle pool threads spin by default; on a shared 2-CPU machine they burn the CPU the busy ones need (1,821
+        # SST-2 sentences, int8, under load ~6: 10 s without spinning, 16-26 s with).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

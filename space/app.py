@@ -203,7 +203,10 @@ class OnnxModel(torch.nn.Module):
         import onnxruntime
 
         super().__init__()
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # A free Space has 2 shared CPUs: idle ONNX Runtime threads that spin take them from the busy ones.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.names = {node.name for node in self.session.get_inputs()}
         self.config = config
 
