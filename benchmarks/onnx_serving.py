@@ -48,11 +48,11 @@ for result in classifier(values):
 SST-2 sentence is longer than the model's 128 tokens)."""
 
 
-def run(command: list[str], env: dict[str, str], out: Path) -> tuple[float, float]:
+def run(command: list[str], env: dict[str, str], out: Path, cwd: Path = ROOT) -> tuple[float, float]:
     """Run a command with stdout to `out`; returns (wall seconds, peak RSS MB of that process)."""
     started = time.perf_counter()
     with open(out, "w", encoding="utf-8") as stdout, open(out.with_suffix(".err"), "w", encoding="utf-8") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
@@ -116,9 +116,10 @@ def throughput(
     labels: dict[str, list[str]] = {}
     for repeat in range(repeats):
         for name, (command, kind) in commands(task, folder, inputs, baseline).items():
-            child = {**env, "PYTHONPATH": str(baseline if name.endswith("before") else ROOT)}
+            # `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH: run the old code from its own.
+            source = baseline if name.endswith("before") else ROOT
             out = workdir / f"{folder.name}-{name.replace(', ', '-')}-{repeat}.out"
-            seconds, peak = run(command, child, out)
+            seconds, peak = run(command, {**env, "PYTHONPATH": str(source)}, out, cwd=source)
             lines = out.read_text(encoding="utf-8").splitlines()
             labels[name] = [line.split("\t", 1)[0] for line in lines] if kind == "predict" else lines
             if len(labels[name]) != len(gold):

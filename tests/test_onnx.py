@@ -293,6 +293,7 @@ def test_predict_file_streams_in_chunks_and_keeps_the_input_order(exported, monk
     assert max(seen) == streaming.CHUNK and sum(seen) == 5000
 
 
+@pytest.mark.slow
 def test_predict_file_of_100000_lines_keeps_order_with_a_progress_bar(tmp_path, exported):
     words = ["superb", "tedious", "the film", "a plot", "wonderful cast", "dull"]
     lines = [f"{i} " + " ".join(words[(i * k) % 6] for k in range(1 + i % 9)) for i in range(100_000)]
@@ -382,18 +383,60 @@ def test_the_rendered_app_checks_the_export_itself_without_hf_transfer(exported,
     assert served_by() == "transformers"  # changed after the export: the app does not trust the export
 
 
-def test_publish_pushes_the_export_and_refuses_a_stale_one(local_hub, tmp_path, exported):
+def test_publish_pushes_the_export_and_the_space_serves_it_from_the_hub(local_hub, tmp_path, exported):
+    from hub_server import hub_env, run_client
     from test_hub import _publish
 
-    (result,) = _publish(local_hub, tmp_path, {"output_dir": exported, "repo_id": "me/tiny-onnx"})
+    (result,) = _publish(local_hub, tmp_path, {"output_dir": exported, "repo_id": "me/tiny-onnx", "space": "me/s"})
     pushed = local_hub.files("me/tiny-onnx")
     assert {"onnx/manifest.json", "onnx/model.onnx", "onnx/model.int8.onnx"} <= set(pushed)
     assert pushed["onnx/model.int8.onnx"] == (exported / "onnx" / "model.int8.onnx").read_bytes()
+    space = local_hub.files("me/s", "space")
+    assert "onnxruntime==" in space["requirements.txt"].decode()
+
+    # The pushed Space, run as the Hub runs it: MODEL_ID names the repo, the export is downloaded and checked.
+    app = tmp_path / "space"
+    for name, content in space.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_bytes(content)
+    code = (
+        "import json, runpy, sys; sys.modules['hf_transfer'] = None; app = runpy.run_path('app.py'); "
+        "print(json.dumps({'served_by': app['SERVED_BY'], 'scores': app['predict']('a superb film')}))"
+    )
+    served = run_client(code, {**hub_env(local_hub, tmp_path), "MODEL_ID": "me/tiny-onnx"}, cwd=app)
+    assert served["served_by"] == "ONNX Runtime (model.int8.onnx)"
+    expected = predict_inputs(load_run(exported, runtime="onnx-int8"), ["a superb film"])[0]["scores"]
+    assert served["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_publish_refuses_a_stale_export(tmp_path, exported):
+    from hf_transfer.hub import publish_files
 
     stale = tmp_path / "stale"
     shutil.copytree(exported, stale)
     (stale / "config.json").write_text((stale / "config.json").read_text().replace('"pos"', '"POS"'))
-    with pytest.raises(ExportError, match="is stale"):
-        from hf_transfer.hub import publish_files
-
+    with pytest.raises(ExportError, match="onnx is stale: it was exported from other weights \\(config.json changed"):
         publish_files(stale, adapter=False)
+
+
+@pytest.mark.browser
+def test_browser_gets_the_int8_answer_from_the_onnx_served_space(exported, tmp_path):
+    from test_space import CHROMIUM, CHROMIUM_ARGS, chromium_missing, serve
+
+    if chromium_missing():
+        pytest.skip(chromium_missing())
+    from playwright.sync_api import expect, sync_playwright
+
+    expected = predict_inputs(load_run(exported, runtime="onnx-int8"), [TEXTS[1]])[0]["label"]
+    with serve(exported) as (url, _), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.get_by_text("served by ONNX Runtime (model.int8.onnx)")).to_be_visible(timeout=30_000)
+            page.get_by_label("Text").fill(TEXTS[1])
+            page.get_by_role("button", name="Predict").click()
+            heading = page.locator('#prediction [data-testid="label-output-value"]')
+            expect(heading).to_have_text(expected, timeout=30_000)
+        finally:
+            browser.close()
