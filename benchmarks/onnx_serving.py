@@ -116,7 +116,7 @@ def throughput(
     labels: dict[str, list[str]] = {}
     for repeat in range(repeats):
         for name, (command, kind) in commands(task, folder, inputs, baseline).items():
-            # `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH: run the old code from its own.
+            # `python -m` puts the working folder ahead of PYTHONPATH on sys.path: run the old code from its own.
             source = baseline if name.endswith("before") else ROOT
             out = workdir / f"{folder.name}-{name.replace(', ', '-')}-{repeat}.out"
             seconds, peak = run(command, {**env, "PYTHONPATH": str(source)}, out, cwd=source)
