@@ -27,19 +27,22 @@ PROGRESS_FROM = 1000
 
 def _text_lines(path: Path) -> Iterator[str]:
     """A .txt file's non-blank lines, stripped, one at a time (UTF-8; an error names the first line that is not)."""
+    offset = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: line {number} is not UTF-8 text; re-save the file as UTF-8") from None
+            except UnicodeDecodeError as error:
+                where = f"line {number} is not UTF-8 text (byte {offset + error.start})"  # as data.read_text says it
+                raise DataError(f"{path}: {where}; re-save the file as UTF-8") from None
+            offset += len(raw)
             if line:
                 yield line
 
 
 def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(1 for raw in handle if raw.strip())
+    """The inputs of a .txt file, read once before predicting: a line that is not UTF-8 fails before any output."""
+    return sum(1 for _ in _text_lines(path))
 
 
 def file_inputs(run: LoadedRun, path: Path) -> tuple[Iterable[str], int]:
