@@ -1,6 +1,6 @@
 """The few-shot peer as its users run it: SetFit 1.2.0 (its own virtual environment, see few_shot.py) with its
 defaults for few-shot text classification — batch 16, 20 iterations of pair generation, 1 epoch, logistic-regression
-head — on the same sentence encoder and the same sampled rows. One JSON line per job on stdout.
+head — on the same sentence encoder and the same sampled rows. One `SETFIT-RESULT {json}` line per job on stdout.
 
 Usage (inside the SetFit venv): python setfit_peer.py JOBS.json, JOBS a list of
 {"model", "train": [[text, label], ...], "test": [[text, label], ...], "out", "max_steps"}."""
@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+RESULT = "SETFIT-RESULT "
+"""Marks the result lines: the trainer prints its own dicts of losses on stdout too."""
 
 
 def run(job: dict) -> dict:
@@ -51,5 +54,10 @@ def run(job: dict) -> dict:
 
 
 if __name__ == "__main__":
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for job in json.loads(open(sys.argv[1], encoding="utf-8").read()):
-        print(json.dumps({"key": job["key"], **run(job)}), flush=True)
+        print(RESULT + json.dumps({"key": job["key"], **run(job)}), flush=True)

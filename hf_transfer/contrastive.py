@@ -43,12 +43,15 @@ def active_classifier(model: nn.Module) -> nn.Module:
 class ClassBlockSampler(Sampler[int]):
     """Rows in blocks of `block` rows of one class, the blocks of all classes shuffled together: every batch (a whole
     number of blocks) holds several rows of each of its classes, so every row has positives and negatives in it. An
-    epoch passes over every row once, and at least `min_rows` rows (small data cycles through its rows again). The
-    order comes from the loop's generator, which it re-seeds every epoch: a resumed run draws the same batches."""
+    epoch draws `rows` rows (None: one pass over every row): a small split is cycled through again, a large one
+    sampled, so the contrastive phase costs the same whatever the data's size. The order comes from the loop's
+    generator, which it re-seeds every epoch: a resumed run draws the same batches."""
 
-    def __init__(self, labels: list[int], block: int, min_rows: int, generator: torch.Generator):
-        self.labels, self.block, self.min_rows, self.generator = list(labels), block, min_rows, generator
-        self.length = self._rounded(max(len(self.labels), min_rows))
+    def __init__(self, labels: list[int], block: int, rows: int | None, generator: torch.Generator):
+        self.labels, self.block, self.generator = list(labels), block, generator
+        counts = [self.labels.count(label) for label in set(self.labels)]
+        # One pass: every class's rows in whole blocks (a short last block is filled from the class's own rows).
+        self.length = self._rounded(rows) if rows else sum(self._rounded(count) for count in counts)
 
     def _rounded(self, rows: int) -> int:
         return -(-rows // self.block) * self.block

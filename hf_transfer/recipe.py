@@ -208,8 +208,8 @@ class StrategyConfig(_Section):
     layers: int | None = Field(default=None, gt=0)
     """`partial`: how many of the last encoder layers to unlock (default 3)."""
     r: int | None = Field(default=None, gt=0)
-    """LoRA rank: `lora` (default 16); `contrastive`: LoRA adapters on the encoder during the contrastive phase when
-    given (large encoders), else the whole encoder trains."""
+    """LoRA rank: `lora` (16 when not given); `contrastive`: LoRA adapters on the encoder during the contrastive
+    phase when given (large encoders), else the whole encoder trains."""
     alpha: int | None = Field(default=None, gt=0)
     """LoRA scaling numerator; default 2 × r."""
     dropout: float = Field(default=0.1, ge=0, lt=1)
@@ -238,13 +238,17 @@ class StrategyConfig(_Section):
     class_block: int = Field(default=4, ge=2)
     """`contrastive`: rows of one class that sit together in a batch (a batch holds batch_size / class_block
     classes), so every row meets rows of its own class and of others."""
-    epoch_rows: int = Field(default=256, gt=0)
-    """`contrastive`: an epoch draws at least this many rows, cycling through a small train split again, so a
-    handful of rows still makes a few steps per epoch."""
+    epoch_rows: int | None = Field(default=256, gt=0)
+    """`contrastive`: rows an epoch draws, in class blocks: a small train split is cycled through again, a large one
+    sampled, so the contrastive phase costs the same at 8 or 64 rows per class (the head is then fitted on every
+    row). null: one pass over every train row."""
 
     @model_validator(mode="before")
     @classmethod
-    def _contrastive_fits_lbfgs(cls, value: Any) -> Any:
+    def _defaults_of_the_kind(cls, value: Any) -> Any:
+        # LoRA's rank defaults to 16 (written out in the saved recipe); for `contrastive` no rank means no LoRA.
+        if isinstance(value, dict) and value.get("kind", "lora") == "lora" and value.get("r") is None:
+            value = {**value, "r": 16}
         # The contrastive strategy's head is fitted on the tuned features: L-BFGS unless the recipe says otherwise.
         if isinstance(value, dict) and value.get("kind") == "contrastive":
             head = value.get("head")
@@ -269,8 +273,8 @@ class StrategyConfig(_Section):
         if self.layers is not None and self.kind != "partial":
             raise ValueError(f"'layers' applies to kind 'partial' only, not {self.kind!r}")
         for name in ("unfreeze_every", "warmup_head_epochs"):
-            if getattr(self, name) is not None and self.kind == "head":
-                raise ValueError(f"'strategy.{name}' applies to kinds 'partial', 'lora' and 'full', not 'head'")
+            if getattr(self, name) is not None and self.kind in ("head", "contrastive"):
+                raise ValueError(f"'strategy.{name}' applies to kinds 'partial', 'lora' and 'full', not {self.kind!r}")
         # Compared with the default, not "was it set": a saved recipe.yaml spells out every default.
         lr_default = StrategyConfig.model_fields["warmup_head_lr"].default
         if self.warmup_head_lr != lr_default and not self.warmup_head_epochs:
@@ -288,8 +292,6 @@ class StrategyConfig(_Section):
         for name in ("loss", "margin", "class_block", "epoch_rows"):
             if getattr(self, name) != StrategyConfig.model_fields[name].default and self.kind != "contrastive":
                 raise ValueError(f"'strategy.{name}' applies to kind 'contrastive' only, not {self.kind!r}")
-        if self.r is not None and self.kind not in ("lora", "contrastive"):
-            raise ValueError(f"'strategy.r' applies to kinds 'lora' and 'contrastive', not {self.kind!r}")
         return self
 
 

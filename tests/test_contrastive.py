@@ -90,17 +90,21 @@ def test_what_the_strategy_cannot_train_fails_before_anything_trains(
 
 def test_class_blocks_give_every_batch_rows_of_its_own_class_and_of_others():
     labels = [0] * 10 + [1] * 7 + [2] * 3
-    sampler = ClassBlockSampler(labels, block=4, min_rows=48, generator=torch.Generator().manual_seed(3))
+    sampler = ClassBlockSampler(labels, block=4, rows=48, generator=torch.Generator().manual_seed(3))
     order = list(sampler)
-    assert len(order) == len(sampler) == 48  # at least min_rows per epoch: small data cycles again
+    assert len(order) == len(sampler) == 48  # strategy.epoch_rows: small data cycles again
     blocks = [order[i : i + 4] for i in range(0, 48, 4)]
     assert all(len({labels[i] for i in block}) == 1 for block in blocks)  # a block is one class
     batches = [order[i : i + 8] for i in range(0, 48, 8)]
     assert sum(len({labels[i] for i in batch}) > 1 for batch in batches) >= 4
     assert set(order) == set(range(20))  # every row is drawn
-    again = ClassBlockSampler(labels, block=4, min_rows=48, generator=torch.Generator().manual_seed(3))
+    again = ClassBlockSampler(labels, block=4, rows=48, generator=torch.Generator().manual_seed(3))
     assert list(again) == order
     assert list(ClassBlockSampler(labels, 4, 48, torch.Generator().manual_seed(4))) != order
+    fewer = list(ClassBlockSampler(labels, 4, 8, torch.Generator().manual_seed(3)))  # a large split is sampled
+    assert len(fewer) == 8 and len(set(fewer)) == 8
+    one_pass = list(ClassBlockSampler(labels, 4, None, torch.Generator().manual_seed(3)))
+    assert len(one_pass) == 24 and set(one_pass) == set(range(20))  # 7 and 3 rows fill blocks of 4 from their class
 
 
 # ---------------------------------------------------------------- end to end
@@ -201,3 +205,15 @@ def test_two_processes_train_what_one_process_trains(tmp_path, dropout_free_bert
     assert moved > 10
     assert torch.allclose(weights_two["classifier.weight"], weights_one["classifier.weight"], rtol=1e-3, atol=1e-3)
     assert metrics_two["test"]["accuracy"] == metrics_one["test"]["accuracy"]
+
+
+def test_the_pairs_loss_trains_the_encoder_too(tmp_path, tiny_bert, sentiment_folder):
+    strategy, training = {"loss": "pairs", "epoch_rows": 64}, {"epochs": 2}
+    path = _recipe(tmp_path, tiny_bert, sentiment_folder, strategy=strategy, training=training)
+    out = train(load_recipe(path))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2 * 8
+    saved, base = load_file(str(out / "model.safetensors")), load_file(str(tiny_bert / "model.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(saved[f"bert.{name}"], base[name])
+    assert metrics["test"]["accuracy"] >= 0.6
