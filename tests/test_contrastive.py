@@ -56,7 +56,7 @@ def test_the_head_defaults_to_lbfgs_and_other_heads_are_refused(tmp_path, sentim
     [
         ({"kind": "lora", "loss": "pairs"}, "'strategy.loss' applies to kind 'contrastive' only, not 'lora'"),
         ({"kind": "full", "class_block": 2}, "'strategy.class_block' applies to kind 'contrastive' only"),
-        ({"kind": "head", "r": 8}, "'strategy.r' applies to kinds 'lora' and 'contrastive', not 'head'"),
+        ({"kind": "contrastive", "unfreeze_every": 1}, "'strategy.unfreeze_every' applies to kinds 'partial', 'lora'"),
         ({"kind": "contrastive", "class_block": 1}, "greater than or equal to 2"),
         ({"kind": "contrastive", "loss": "infonce"}, "'triplet' or 'pairs'"),
     ],
