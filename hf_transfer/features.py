@@ -335,7 +335,7 @@ CV_SCORING = {
     "mcc": "matthews_corrcoef",
 }
 """The run's metric → scikit-learn's scorer of the same quantity, for the cross-validation that chooses C."""
-FEW_ROWS_FOR_CV = 100
+FEW_ROWS_FOR_CV = 50
 """With fewer train rows and no `strategy.head.C`, the L-BFGS head takes C = 1 instead of cross-validating a grid."""
 
 

@@ -281,8 +281,8 @@ class StrategyConfig(_Section):
             raise ValueError("'strategy.warmup_head_lr' is used only with 'strategy.warmup_head_epochs'")
         if self.head.type == "lbfgs" and self.kind not in ("head", "contrastive"):
             raise ValueError(
-                f"'strategy.head.type' 'lbfgs' fits features computed once: kinds 'head' and 'contrastive', "
-                f"not {self.kind!r}"
+                f"'strategy.head.type' 'lbfgs' fits frozen features: kinds 'head' and 'contrastive' (fitted after "
+                f"its encoder is tuned), not {self.kind!r}"
             )
         if self.kind == "contrastive" and self.head.type != "lbfgs":
             raise ValueError(

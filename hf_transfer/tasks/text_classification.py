@@ -290,8 +290,10 @@ def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
         return recipe.strategy.pooling
     if recipe.strategy.kind == "head" or recipe.strategy.head.type == "lbfgs":
         # A frozen CLS/pooler head on a mean-pooled sentence encoder is weak (0.61 vs 0.81 on SST-2, GUIDE.md); a head
-        # fitted on tuned sentence embeddings (`contrastive`) reads them as the checkpoint pools them.
-        return sentence_transformers_pooling(model_dir) or "pooler"
+        # fitted on tuned sentence embeddings (`contrastive`) reads them as the checkpoint pools them, and a plain
+        # encoder's sentence embedding is the mean of its tokens (as sentence-transformers builds one).
+        tuned = "mean" if recipe.strategy.kind == "contrastive" else "pooler"
+        return sentence_transformers_pooling(model_dir) or tuned
     return "pooler"
 
 
