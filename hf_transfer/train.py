@@ -197,9 +197,7 @@ def fit(run: Run) -> None:
     """The epochs: train, evaluate on validation, keep the best weights, checkpoint; Ctrl-C checkpoints first."""
     if run.fit.fitted:  # a head fitted in one go is scored once (the log's one entry); no epochs to run
         _evaluate(run, 0)
-    # The last epoch is kept when there is nothing to score between epochs (the contrastive phase) or when validation
-    # rows are too few to choose an epoch by (data.samples_per_class without a validation split).
-    keep_last = not (run.fit.selects_best and run.data.selects_best)
+    keep_last = _keeps_last(run)
     progress = tqdm(
         total=run.total_steps, initial=run.state.global_step, disable=not run.accelerator.is_main_process, desc="train"
     )
@@ -225,6 +223,12 @@ def fit(run: Run) -> None:
         run.fit.fitted.update(run.fit.after_epochs(run.accelerator))
         run.best_weights = checkpoints.trainable_state(run.accelerator.unwrap_model(run.model))
         _evaluate(run, max(run.fit.epochs - 1, 0), keep_last)
+
+
+def _keeps_last(run: Run) -> bool:
+    """The last epoch is kept when there is nothing to score between epochs (the contrastive phase) or when the
+    validation rows are too few to choose an epoch by (data.samples_per_class without a validation split)."""
+    return not (run.fit.selects_best and run.data.selects_best)
 
 
 def _train_epoch(run: Run, epoch: int, progress: tqdm) -> bool:
@@ -254,7 +258,7 @@ def _train_epoch(run: Run, epoch: int, progress: tqdm) -> bool:
             accelerator.log({"train_loss": loss.item(), "lr": lr}, step=run.state.global_step)
         if t.eval_every and run.state.global_step % t.eval_every == 0:
             run.train_seconds += time.perf_counter() - tick
-            stop = _evaluate(run, epoch, not (run.fit.selects_best and run.data.selects_best))
+            stop = _evaluate(run, epoch, _keeps_last(run))
             _save_checkpoint(run)
             tick = time.perf_counter()
             if stop:
@@ -385,7 +389,7 @@ def _train_record(run: Run) -> dict[str, Any]:
         **{f"head_{k}": v for k, v in run.fit.fitted.items()},
         "epochs_run": max(len({h["epoch"] for h in state.history}), state.epoch),
         "best_epoch": state.best_epoch,
-        "selects_best": run.fit.selects_best and run.data.selects_best,
+        "selects_best": not _keeps_last(run),
         "steps": state.global_step,
         # Rows and files the data loading left out (empty texts, unreadable or excluded images), by reason.
         **{f"skipped_{reason}": count for reason, count in sorted(run.data.labels.skipped.items()) if count},
