@@ -40,7 +40,7 @@ SPLIT_EXCESS = 0.15
 """Unknown tokens and split words above the reference English by more than these shares of tokens and words mark
 text far from the tokenizer's (and so the pretraining's) domain. Differences, not ratios: the reference rates are
 near zero, so a ratio would flag ordinary text."""
-BACKWARD_COST = {"head": 0.0, "lora": 2.0, "full": 3.0}
+BACKWARD_COST = {"head": 0.0, "lora": 2.0, "full": 3.0, "contrastive": 3.0}
 """Training cost of one example relative to one frozen forward pass (partial: 1 + 2 × N / L, computed)."""
 
 REFERENCE_SENTENCES = [
@@ -238,7 +238,9 @@ def estimate_costs(
         if key not in models:  # the architecture's own head (with its pooler) when the run would use it
             models[key] = build_model(variant, source.location, id2label, pooling)
         trainable, total = count_parameters(apply_strategy(copy.deepcopy(models[key]), variant))
-        unlocked = {"head": 0, "full": layers, "lora": layers}.get(kind, variant.strategy.layers or 0)
+        unlocked = {"head": 0, "full": layers, "lora": layers, "contrastive": layers}.get(
+            kind, variant.strategy.layers or 0
+        )
         unlocked = unlocked or (DEFAULT_PARTIAL_LAYERS if kind == "partial" else 0)
         cost = BACKWARD_COST.get(kind, 2.0 * unlocked / layers)
         seconds = (data["train_examples"] + eval_examples) / examples_per_s  # the head's one encoding pass

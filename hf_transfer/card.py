@@ -248,6 +248,10 @@ def _lora(facts: RunFacts) -> bool:
     return facts.strategy == "lora"
 
 
+def _contrastive(facts: RunFacts) -> bool:
+    return facts.strategy == "contrastive"
+
+
 def _lbfgs(facts: RunFacts) -> bool:
     return facts.head_type == "lbfgs"
 
@@ -271,10 +275,16 @@ GENERAL_KEYS: dict[str, Applies] = {
     "training.class_weights": always,
     "training.balanced_sampler": by_gradient,
     "strategy.layers": lambda f: f.strategy == "partial",
-    "strategy.r": _lora,
+    "strategy.r": lambda f: _lora(f) or _contrastive(f),  # contrastive: shown when set (LoRA on the encoder)
     "strategy.alpha": _lora,
     "strategy.dropout": _lora,
     "strategy.target_modules": _lora,
+    "strategy.loss": _contrastive,
+    "strategy.margin": _contrastive,
+    "strategy.class_block": _contrastive,
+    "strategy.epoch_rows": _contrastive,
+    "data.samples_per_class": always,
+    "training.select_best": always,
     "strategy.unfreeze_every": _fine_tuning,
     "strategy.warmup_head_epochs": _fine_tuning,
     "strategy.warmup_head_lr": lambda f: f.warm_up,

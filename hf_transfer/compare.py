@@ -19,10 +19,13 @@ from .tasks import task_for
 
 logger = logging.getLogger(__name__)
 
-SPEC_PATTERN = re.compile(r"^(?P<kind>head|partial|lora|full)(?::(?P<value>[1-9][0-9]*))?(?:@(?P<lr>[^\s@]+))?$")
+SPEC_PATTERN = re.compile(
+    r"^(?P<kind>head|partial|lora|full|contrastive)(?::(?P<value>[1-9][0-9]*))?(?:@(?P<lr>[^\s@]+))?$"
+)
 SPEC_FORMS = (
-    "head, partial (the recipe's layers, default 3), partial:N (the top N layers), lora, lora:R (rank R), full; "
-    "any of them may end in @LR for its own learning rate, e.g. full@5e-5"
+    "head, partial (the recipe's layers, default 3), partial:N (the top N layers), lora, lora:R (rank R), full, "
+    "contrastive, contrastive:R (LoRA rank R on the encoder); any of them may end in @LR for its own learning rate, "
+    "e.g. full@5e-5"
 )
 PLOTS = {"params": "accuracy_vs_trainable_params.png", "time": "accuracy_vs_wall_time.png"}
 REPORT_FILES = ("results.json", "results.md", *PLOTS.values())
@@ -44,7 +47,21 @@ def parse_spec(spec: str, base: Recipe) -> tuple[str, list[str]]:
         overrides.append(f"strategy.layers={value}")
     elif kind != "partial" and s.layers is not None:
         overrides.append("strategy.layers=null")
-    if kind == "head":
+    if kind != "contrastive":  # its own keys, reset to their defaults for any other kind
+        own = ("loss", "margin", "class_block", "epoch_rows")
+        defaults = StrategyConfig.model_fields
+        overrides += [f"strategy.{k}={defaults[k].default}" for k in own if getattr(s, k) != defaults[k].default]
+    if kind == "contrastive":
+        overrides += [f"strategy.{key}=null" for key in ("unfreeze_every", "warmup_head_epochs") if getattr(s, key)]
+        if value:
+            overrides.append(f"strategy.r={value}")
+        elif s.r is not None:  # a LoRA recipe's rank would put adapters on the contrastive phase
+            overrides.append("strategy.r=null")
+        if s.head.type != "lbfgs":
+            overrides.append("strategy.head={type: lbfgs}")
+        if base.training.layer_lr_decay is not None:
+            overrides.append("training.layer_lr_decay=null")
+    elif kind == "head":
         overrides += [f"strategy.{key}=null" for key in ("unfreeze_every", "warmup_head_epochs") if getattr(s, key)]
         default_lr = StrategyConfig.model_fields["warmup_head_lr"].default
         if s.warmup_head_lr != default_lr:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -40,6 +41,10 @@ class LabelInfo:
     id2label: dict[int, str]
     skipped: dict[str, int] = field(default_factory=dict)
     unscored_splits: list[str] = field(default_factory=list)
+    sampled: dict[str, Any] | None = None
+    """`data.samples_per_class`: what was drawn (run.json's `dataset.samples_per_class`)."""
+    selects_best: bool = True
+    """Whether validation may choose the best epoch (`training.select_best`, resolved)."""
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -54,6 +59,10 @@ class PreparedData:
     labels: LabelInfo
     source: Resolved
     fingerprint: str
+
+    @property
+    def selects_best(self) -> bool:
+        return self.labels.selects_best
 
 
 # ---------------------------------------------------------------- reading files
@@ -268,13 +277,89 @@ def dataset_source(recipe: Recipe) -> Resolved:
     return resolve_dataset_source(recipe.data.source)
 
 
-def finish_splits(splits: DatasetDict, recipe: Recipe, *, stratify: bool) -> DatasetDict:
-    """Hold out a validation split when the data has none (seeded; stratified when asked), then apply the quick-run
-    limits (`training.max_train_samples` / `max_eval_samples`)."""
+def sample_per_class(
+    labels: list[Any], per_class: int, seed: int, num_labels: int
+) -> tuple[list[int], dict[int, int]]:
+    """`data.samples_per_class`: the rows (indices, ascending) that keep `per_class` rows of each class, drawn with
+    `seed`, and the classes that have fewer (id → rows kept, all of theirs). Single-label rows are drawn per class;
+    multi-hot rows are taken in a seeded order while one of their classes still has fewer than `per_class`."""
+    rng = np.random.default_rng(seed)
+    if labels and isinstance(labels[0], list | tuple):
+        taken, counts = [], np.zeros(num_labels, dtype=int)
+        for row in rng.permutation(len(labels)).tolist():
+            present = [i for i, v in enumerate(labels[row]) if v]
+            if any(counts[i] < per_class for i in present):
+                taken.append(row)
+                counts[present] += 1
+        short = {i: int(counts[i]) for i in range(num_labels) if counts[i] < per_class}
+        return sorted(taken), short
+    by_class: dict[int, list[int]] = {}
+    for row, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(row)
+    taken, short = [], {}
+    for label in range(num_labels):
+        rows = by_class.get(label, [])
+        if len(rows) < per_class:
+            short[label] = len(rows)
+            taken += rows
+        else:
+            taken += rng.choice(rows, per_class, replace=False).tolist()
+    return sorted(taken), short
+
+
+def _draw_samples(splits: DatasetDict, recipe: Recipe, labels: LabelInfo) -> Dataset:
+    """Keep `data.samples_per_class` train rows per class; returns the rows left undrawn. Shortfalls are logged and
+    recorded, with a digest of the drawn rows (equal digests: the same rows)."""
+    per_class, seed = recipe.data.samples_per_class, recipe.training.seed
+    train = splits["train"]
+    taken, short = sample_per_class(list(train["label"]), per_class, seed, len(labels.id2label))
+    chosen = set(taken)
+    splits["train"] = train.select(taken)
+    rest = train.select([i for i in range(len(train)) if i not in chosen])
+    for label, count in short.items():
+        logger.warning(
+            "data.samples_per_class = %d: class %r has %d training rows; all of them are kept",
+            per_class,
+            labels.id2label[label],
+            count,
+        )
+    labels.sampled = {
+        "per_class": per_class,
+        "seed": seed,
+        "rows": len(taken),
+        "from_rows": len(train),
+        "short": {labels.id2label[label]: count for label, count in short.items()},
+        "rows_sha256": hashlib.sha256(json.dumps(taken).encode()).hexdigest(),
+    }
+    logger.info("data.samples_per_class = %d: %d of %d train rows (seed %d)", per_class, len(taken), len(train), seed)
+    return rest
+
+
+def finish_splits(
+    splits: DatasetDict, recipe: Recipe, *, stratify: bool, labels: LabelInfo | None = None
+) -> DatasetDict:
+    """Draw `data.samples_per_class`, hold out a validation split when the data has none (seeded; stratified when
+    asked), then apply the quick-run limits (`training.max_train_samples` / `max_eval_samples`).
+
+    With samples_per_class and no validation split, every drawn row trains: validation is held out from the rows
+    left undrawn (as many as `validation_fraction` of train would give), or, when none are left (the data is only the
+    few rows), from the drawn rows; either way the last epoch is kept unless `training.select_best` says otherwise."""
     splits = DatasetDict(splits)
+    seed, fraction = recipe.training.seed, recipe.data.validation_fraction
+    had_validation = "validation" in splits
+    if recipe.data.samples_per_class and labels is not None:
+        available = len(splits["train"])
+        rest = _draw_samples(splits, recipe, labels)
+        if not had_validation and len(rest):
+            wanted = max(1, int(round(fraction * available)))
+            held = rest if wanted >= len(rest) else stratified_split(rest, wanted / len(rest), seed, stratify)[1]
+            splits["validation"] = held
+            logger.info("no validation split: %d rows held out from the rows not drawn (seeded)", len(held))
+        labels.selects_best = had_validation
     if "validation" not in splits:
-        seed, fraction = recipe.training.seed, recipe.data.validation_fraction
         splits["train"], splits["validation"] = stratified_split(splits["train"], fraction, seed, stratify)
         logger.info("no validation split: held out %d training rows (seeded)", len(splits["validation"]))
+    if labels is not None and recipe.training.select_best is not None:
+        labels.selects_best = recipe.training.select_best
     limit_samples(splits, recipe)
     return splits

@@ -199,6 +199,7 @@ def _run_record(
             "splits": {name: len(split) for name, split in data.splits.items()},
             "skipped": data.labels.skipped,
             "unscored_splits": data.labels.unscored_splits,
+            "samples_per_class": data.labels.sampled,
         },
         "recipe_sha256": recipe.sha256(),
         "versions": package_versions(),

@@ -27,7 +27,7 @@ from pydantic import (
 from .errors import RecipeError
 
 TaskName = Literal["text-classification", "multi-label-classification", "text-regression", "image-classification"]
-StrategyName = Literal["head", "partial", "lora", "full"]
+StrategyName = Literal["head", "partial", "lora", "full", "contrastive"]
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
 PoolingName = Literal["cls", "mean", "pooler"]
 HeadType = Literal["linear", "mlp", "lbfgs"]
@@ -123,6 +123,10 @@ class DataConfig(_Section):
     max_length: int = Field(default=256, gt=0)
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     """Held out from train (stratified, seeded) when the data has no validation split."""
+    samples_per_class: int | None = Field(default=None, gt=0)
+    """Few-shot runs: train on N rows of each class, drawn from the train split with `training.seed` (a class with
+    fewer keeps all of its rows, logged and recorded in run.json). Without a validation split in the data, the
+    validation rows are held out from the rows left undrawn, and the last epoch is kept (`training.select_best`)."""
     threshold: float = Field(default=0.5, gt=0, lt=1)
     """Multi-label decision threshold on the sigmoid."""
     image_extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
@@ -203,7 +207,9 @@ class StrategyConfig(_Section):
     trained by gradient steps learns far slower on unit-length features at the same learning rate)."""
     layers: int | None = Field(default=None, gt=0)
     """`partial`: how many of the last encoder layers to unlock (default 3)."""
-    r: int = Field(default=16, gt=0)
+    r: int | None = Field(default=None, gt=0)
+    """LoRA rank: `lora` (16 when not given); `contrastive`: LoRA adapters on the encoder during the contrastive
+    phase when given (large encoders), else the whole encoder trains."""
     alpha: int | None = Field(default=None, gt=0)
     """LoRA scaling numerator; default 2 × r."""
     dropout: float = Field(default=0.1, ge=0, lt=1)
@@ -222,6 +228,35 @@ class StrategyConfig(_Section):
     feature_cache: str | bool | None = None
     """`head` on pooled features: where features are cached on disk. A folder, `false` for no cache; default
     $HF_TRANSFER_FEATURE_CACHE, else <HF_HOME>/hf_transfer/features."""
+    loss: Literal["triplet", "pairs"] = "triplet"
+    """`contrastive`: `triplet`, sentence-transformers' batch-all triplet loss (cosine distance) over every valid
+    triplet of each batch; `pairs`, SetFit's objective (sentence-transformers' CosineSimilarityLoss) on every pair of
+    rows within each batch."""
+    margin: float = Field(default=0.25, gt=0)
+    """`contrastive`, loss `triplet`: how much farther (cosine distance) a row of another class must be than one of
+    its own class."""
+    class_block: int = Field(default=4, ge=2)
+    """`contrastive`: rows of one class that sit together in a batch (a batch holds batch_size / class_block
+    classes), so every row meets rows of its own class and of others."""
+    epoch_rows: int | None = Field(default=256, gt=0)
+    """`contrastive`: rows an epoch draws, in class blocks: a small train split is cycled through again, a large one
+    sampled, so the contrastive phase costs the same at 8 or 64 rows per class (the head is then fitted on every
+    row). null: one pass over every train row."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_the_kind(cls, value: Any) -> Any:
+        # LoRA's rank defaults to 16 (written out in the saved recipe); for `contrastive` no rank means no LoRA.
+        if isinstance(value, dict) and value.get("kind", "lora") == "lora" and value.get("r") is None:
+            value = {**value, "r": 16}
+        # The contrastive strategy's head is fitted on the tuned features: L-BFGS unless the recipe says otherwise.
+        if isinstance(value, dict) and value.get("kind") == "contrastive":
+            head = value.get("head")
+            if head is None:
+                value = {**value, "head": {"type": "lbfgs"}}
+            elif isinstance(head, dict) and "type" not in head:
+                value = {**value, "head": {**head, "type": "lbfgs"}}
+        return value
 
     @field_validator("target_modules")
     @classmethod
@@ -238,14 +273,25 @@ class StrategyConfig(_Section):
         if self.layers is not None and self.kind != "partial":
             raise ValueError(f"'layers' applies to kind 'partial' only, not {self.kind!r}")
         for name in ("unfreeze_every", "warmup_head_epochs"):
-            if getattr(self, name) is not None and self.kind == "head":
-                raise ValueError(f"'strategy.{name}' applies to kinds 'partial', 'lora' and 'full', not 'head'")
+            if getattr(self, name) is not None and self.kind in ("head", "contrastive"):
+                raise ValueError(f"'strategy.{name}' applies to kinds 'partial', 'lora' and 'full', not {self.kind!r}")
         # Compared with the default, not "was it set": a saved recipe.yaml spells out every default.
         lr_default = StrategyConfig.model_fields["warmup_head_lr"].default
         if self.warmup_head_lr != lr_default and not self.warmup_head_epochs:
             raise ValueError("'strategy.warmup_head_lr' is used only with 'strategy.warmup_head_epochs'")
-        if self.head.type == "lbfgs" and self.kind != "head":
-            raise ValueError(f"'strategy.head.type' 'lbfgs' fits frozen features: kind 'head' only, not {self.kind!r}")
+        if self.head.type == "lbfgs" and self.kind not in ("head", "contrastive"):
+            raise ValueError(
+                f"'strategy.head.type' 'lbfgs' fits frozen features: kinds 'head' and 'contrastive' (fitted after "
+                f"its encoder is tuned), not {self.kind!r}"
+            )
+        if self.kind == "contrastive" and self.head.type != "lbfgs":
+            raise ValueError(
+                f"kind 'contrastive' fits its head with L-BFGS on the tuned features: 'strategy.head.type' must be "
+                f"'lbfgs', not {self.head.type!r}"
+            )
+        for name in ("loss", "margin", "class_block", "epoch_rows"):
+            if getattr(self, name) != StrategyConfig.model_fields[name].default and self.kind != "contrastive":
+                raise ValueError(f"'strategy.{name}' applies to kind 'contrastive' only, not {self.kind!r}")
         return self
 
 
@@ -284,6 +330,10 @@ class TrainingConfig(_Section):
     balanced_sampler: bool = False
     """Single-label classification: draw training rows with every class equally likely (with replacement, as many
     rows per epoch as train holds), instead of grouping by length."""
+    select_best: bool | None = None
+    """Keep the weights of the best validation score (true) or of the last epoch (false). Default: the best, except
+    with `data.samples_per_class` on data without a validation split, where a few held-out rows would pick an epoch
+    by chance."""
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -330,8 +380,12 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _training_options_of_the_strategy(self) -> Recipe:
         # Rules between keys of two sections; rules that need the task's or the model's nature are the strategy's.
-        if self.training.layer_lr_decay and self.strategy.kind == "head":
-            raise ValueError("training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not 'head'")
+        if self.training.layer_lr_decay and self.strategy.kind in ("head", "contrastive"):
+            raise ValueError(
+                f"training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not {self.strategy.kind!r}"
+            )
+        if self.data.samples_per_class and self.task == "text-regression":
+            raise ValueError("data.samples_per_class draws rows per class: task 'text-regression' has no classes")
         return self
 
     def to_yaml(self) -> str:

@@ -22,11 +22,14 @@ def make_loader(
     seed: int,
     global_batch: int | None = None,
     sample_weights: list[float] | None = None,
+    sampler_factory: Any = None,
 ):
-    """Train batches grouped by length (less padding) or drawn by sample weight, in a seeded order; eval batches in
-    dataset order."""
+    """Train batches grouped by length (less padding), drawn by sample weight, or in the order `sampler_factory`
+    (generator -> sampler) gives, seeded; eval batches in dataset order."""
     generator = torch.Generator().manual_seed(seed)
-    if shuffle and sample_weights is not None:
+    if shuffle and sampler_factory is not None:
+        sampler = sampler_factory(generator)
+    elif shuffle and sample_weights is not None:
         sampler = WeightedRandomSampler(sample_weights, len(sample_weights), replacement=True, generator=generator)
     elif shuffle and lengths is not None:
         # Grouped by the global batch (all processes, one step): Accelerate deals consecutive per-device batches to

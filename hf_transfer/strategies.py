@@ -12,6 +12,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .anatomy import HEAD_MODULE_NAMES, encoder_layers, head_module_names, parameter_depths
+from .contrastive import (
+    ClassBlockSampler,
+    ContrastiveModel,
+    apply_contrastive,
+    check_contrastive,
+    fit_head_on_tuned_features,
+)
 from .errors import StrategyError, TrainingError
 from .features import FeatureCache, collate_features, feature_datasets, fit_logistic_head, warm_up_head
 from .pooled import is_pooled
@@ -24,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_PARTIAL_LAYERS = 3
+DEFAULT_LORA_R = 16
 
 
 def unfreeze_schedule(model: nn.Module, recipe: Recipe) -> dict[str, int] | None:
@@ -85,8 +93,8 @@ def apply_lora(model: PreTrainedModel, recipe: Recipe, task: Task) -> nn.Module:
     config = LoraConfig(
         # The sequence-classification wrapper feeds input_ids; other models take their inputs as they come.
         task_type=task.peft_task_type,
-        r=strategy.r,
-        lora_alpha=strategy.alpha or 2 * strategy.r,
+        r=strategy.r or DEFAULT_LORA_R,
+        lora_alpha=strategy.alpha or 2 * (strategy.r or DEFAULT_LORA_R),
         lora_dropout=strategy.dropout,
         target_modules=targets,
         modules_to_save=heads,
@@ -126,6 +134,7 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, Recipe, Task], nn.Module]] = {
     "partial": apply_partial,
     "lora": apply_lora,
     "full": apply_full,
+    "contrastive": apply_contrastive,
 }
 
 
@@ -147,6 +156,8 @@ def check_strategy(model: PreTrainedModel, recipe: Recipe, task: Task) -> None:
         raise StrategyError(
             "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"
         )
+    if s.kind in STRATEGY_RULES:
+        STRATEGY_RULES[s.kind](model, recipe, task)
 
 
 def apply_strategy(model: PreTrainedModel, recipe: Recipe) -> nn.Module:
@@ -225,6 +236,12 @@ class Fit:
     """A head fitted in one go: what its fit chose (L-BFGS: C)."""
     unfreeze_at: dict[str, int] | None = None
     """Gradual unfreezing: the epoch from which each trainable parameter trains."""
+    loss_weight: torch.Tensor | None = None
+    """Class weights of the loop's cross-entropy (`training.class_weights`), when the loop's loss is one."""
+    selects_best: bool = True
+    """False: no classifier to score between epochs (the loop keeps the last epoch and scores once, at the end)."""
+    after_epochs: Callable[[Any], dict[str, float]] | None = None
+    """A post-phase after the last epoch (the contrastive head's L-BFGS fit); returns what it chose."""
 
 
 def plan_fit(
@@ -242,6 +259,8 @@ def plan_fit(
     (or, L-BFGS, is fitted) on cached features. Returns what the loop then trains."""
     s, t = recipe.strategy, recipe.training
     eval_batch = t.eval_batch_size or t.batch_size * 2
+    if s.kind in FIT_PLANS:
+        return FIT_PLANS[s.kind](accelerator, recipe, task, model, encoded, preprocessor, class_weight)
     augments = task.augments(recipe)
     feature_head = None if augments else task.features.head(model)
     if s.head.type == "lbfgs" and feature_head is None:
@@ -260,13 +279,14 @@ def plan_fit(
     if feature_head is None:
         if augments and s.kind == "head":
             logger.info("train rows change every epoch (augmentation): the frozen backbone runs every epoch")
-        return Fit(model, model, encoded, t.epochs, "inputs", unfreeze_at=unfreeze_schedule(model, recipe))
+        unfreeze_at = unfreeze_schedule(model, recipe)
+        return Fit(model, model, encoded, t.epochs, "inputs", unfreeze_at=unfreeze_at, loss_weight=class_weight)
     # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch.
     model.to(accelerator.device)
     features = feature_datasets(
         accelerator, model, encoded.splits, preprocessor, eval_batch, task.features.extract, cache
     )
-    fit = Fit(feature_head, model, Encoded(features, collate_features), t.epochs, "features")
+    fit = Fit(feature_head, model, Encoded(features, collate_features), t.epochs, "features", loss_weight=class_weight)
     if s.head.type == "lbfgs":  # fitted in one go: the loop has no epochs left to run
         weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))
         metric = t.metric_for_best or task.metric_for_best
@@ -275,3 +295,50 @@ def plan_fit(
         )
         fit.epochs = 0
     return fit
+
+
+def plan_contrastive(
+    accelerator: Any,
+    recipe: Recipe,
+    task: Task,
+    model: nn.Module,
+    encoded: Encoded,
+    preprocessor: Any,
+    class_weight: torch.Tensor | None,
+) -> Fit:
+    """The contrastive phase: the loop steps the encoder under the contrastive loss, its batches in class blocks
+    (ClassBlockSampler), and keeps the last epoch; then the head is fitted with L-BFGS on the tuned features."""
+    s, t = recipe.strategy, recipe.training
+    eval_batch = t.eval_batch_size or t.batch_size * 2
+    global_batch = t.batch_size * accelerator.num_processes  # one forward pass: the rows one loss compares
+    if global_batch % s.class_block:
+        raise StrategyError(
+            f"strategy.class_block = {s.class_block} must divide the batch of {global_batch} rows "
+            "(training.batch_size × processes), so that no block of one class is cut between batches"
+        )
+    labels = list(encoded.splits["train"]["label"])
+    if global_batch // s.class_block < 2 and len(set(labels)) > 1:
+        raise StrategyError(
+            f"a batch of {global_batch} rows in blocks of {s.class_block} holds one class only; raise "
+            "training.batch_size or lower strategy.class_block"
+        )
+
+    def sampler(generator: torch.Generator) -> ClassBlockSampler:
+        return ClassBlockSampler(labels, s.class_block, s.epoch_rows, generator)
+
+    train_model = ContrastiveModel(model, s.loss, s.margin)
+    metric = t.metric_for_best or task.metric_for_best
+
+    def fit_head(acc: Any) -> dict[str, float]:
+        return fit_head_on_tuned_features(
+            acc, model, encoded.splits["train"], preprocessor, eval_batch, recipe, class_weight, metric
+        )
+
+    batches = Encoded(encoded.splits, encoded.collator, sampler=sampler)
+    return Fit(train_model, model, batches, t.epochs, "inputs", selects_best=False, after_epochs=fit_head)
+
+
+STRATEGY_RULES: dict[str, Callable[[PreTrainedModel, Recipe, Task], None]] = {"contrastive": check_contrastive}
+"""A strategy's own rules on the task and the model, checked before anything trains."""
+FIT_PLANS: dict[str, Callable[..., Fit]] = {"contrastive": plan_contrastive}
+"""A strategy's own plan of what the loop trains, in place of the shared one (frozen features, LP-FT)."""

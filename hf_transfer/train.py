@@ -153,6 +153,7 @@ def _prepare_loop(run: Run, resume: bool) -> None:
         t.seed,
         global_batch,
         sample_weights,
+        encoded.sampler,
     )
     eval_batch = t.eval_batch_size or t.batch_size * 2
     eval_loaders = {
@@ -196,6 +197,7 @@ def fit(run: Run) -> None:
     """The epochs: train, evaluate on validation, keep the best weights, checkpoint; Ctrl-C checkpoints first."""
     if run.fit.fitted:  # a head fitted in one go is scored once (the log's one entry); no epochs to run
         _evaluate(run, 0)
+    keep_last = _keeps_last(run)
     progress = tqdm(
         total=run.total_steps, initial=run.state.global_step, disable=not run.accelerator.is_main_process, desc="train"
     )
@@ -205,7 +207,10 @@ def fit(run: Run) -> None:
             if stop:
                 break
             run.state.epoch, run.state.step_in_epoch = epoch + 1, 0
-            stop = False if run.recipe.training.eval_every else _evaluate(run, epoch)
+            scored = run.fit.selects_best and not run.recipe.training.eval_every
+            stop = _evaluate(run, epoch, keep_last) if scored else False
+            if keep_last:
+                run.best_weights = checkpoints.trainable_state(run.accelerator.unwrap_model(run.model))
             _save_checkpoint(run)
             if stop:
                 break
@@ -214,6 +219,16 @@ def fit(run: Run) -> None:
         _save_checkpoint(run)
         raise
     progress.close()
+    if run.fit.after_epochs is not None:  # the strategy's post-phase (the contrastive head's fit), then one score
+        run.fit.fitted.update(run.fit.after_epochs(run.accelerator))
+        run.best_weights = checkpoints.trainable_state(run.accelerator.unwrap_model(run.model))
+        _evaluate(run, max(run.fit.epochs - 1, 0), keep_last)
+
+
+def _keeps_last(run: Run) -> bool:
+    """The last epoch is kept when there is nothing to score between epochs (the contrastive phase) or when the
+    validation rows are too few to choose an epoch by (data.samples_per_class without a validation split)."""
+    return not (run.fit.selects_best and run.data.selects_best)
 
 
 def _train_epoch(run: Run, epoch: int, progress: tqdm) -> bool:
@@ -243,7 +258,7 @@ def _train_epoch(run: Run, epoch: int, progress: tqdm) -> bool:
             accelerator.log({"train_loss": loss.item(), "lr": lr}, step=run.state.global_step)
         if t.eval_every and run.state.global_step % t.eval_every == 0:
             run.train_seconds += time.perf_counter() - tick
-            stop = _evaluate(run, epoch)
+            stop = _evaluate(run, epoch, _keeps_last(run))
             _save_checkpoint(run)
             tick = time.perf_counter()
             if stop:
@@ -257,7 +272,7 @@ def _step(run: Run, batch: dict[str, Any], waiting: list[torch.nn.Parameter], ep
     accelerator, t, model = run.accelerator, run.recipe.training, run.model
     with accelerator.accumulate(model):
         output = model(**batch)
-        weight = run.class_weight
+        weight = run.fit.loss_weight
         loss = output.loss if weight is None else weighted_loss(output.logits, batch["labels"], weight)
         if not torch.isfinite(loss.detach()).all():
             raise TrainingError(
@@ -275,8 +290,9 @@ def _step(run: Run, batch: dict[str, Any], waiting: list[torch.nn.Parameter], ep
     return loss
 
 
-def _evaluate(run: Run, epoch: int) -> bool:
-    """Score validation, keep the best weights, log; True when early stopping (decided on main) ends the run."""
+def _evaluate(run: Run, epoch: int, keep_last: bool = False) -> bool:
+    """Score validation, keep the best weights (`keep_last`: these, whatever they score), log; True when early
+    stopping (decided on main) ends the run."""
     accelerator, t, state = run.accelerator, run.recipe.training, run.state
     metric = t.metric_for_best or run.task.metric_for_best
     num_labels = len(run.data.labels.id2label)
@@ -286,7 +302,7 @@ def _evaluate(run: Run, epoch: int) -> bool:
         raise TrainingError(f"training.metric_for_best = {metric!r} is not computed; choose from {sorted(scores)}")
     value = scores[metric]
     best = state.best_score
-    if best is None or (value > best if run.task.greater_is_better else value < best):
+    if keep_last or best is None or (value > best if run.task.greater_is_better else value < best):
         state.best_score, state.best_epoch, state.evals_without_improvement = value, epoch, 0
         run.best_weights = checkpoints.trainable_state(accelerator.unwrap_model(run.model))
     else:
@@ -371,8 +387,9 @@ def _train_record(run: Run) -> dict[str, Any]:
         "strategy": run.recipe.strategy.kind,
         "head": run.recipe.strategy.head.type,
         **{f"head_{k}": v for k, v in run.fit.fitted.items()},
-        "epochs_run": len({h["epoch"] for h in state.history}),
+        "epochs_run": max(len({h["epoch"] for h in state.history}), state.epoch),
         "best_epoch": state.best_epoch,
+        "selects_best": not _keeps_last(run),
         "steps": state.global_step,
         # Rows and files the data loading left out (empty texts, unreadable or excluded images), by reason.
         **{f"skipped_{reason}": count for reason, count in sorted(run.data.labels.skipped.items()) if count},

@@ -157,7 +157,10 @@ def _(ctx: Ctx) -> str:
     return ctx.train_error(ctx.recipe(training=3))
 
 
-@case("unknown-strategy", r"strategy.kind = 'adapters' is invalid.*allowed: 'head', 'partial', 'lora' or 'full'")
+@case(
+    "unknown-strategy",
+    r"strategy.kind = 'adapters' is invalid.*allowed: 'head', 'partial', 'lora', 'full' or 'contrastive'",
+)
 def _(ctx: Ctx) -> str:
     return ctx.train_error(ctx.recipe(strategy={"kind": "adapters"}))
 

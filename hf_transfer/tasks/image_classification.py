@@ -87,7 +87,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     splits = encode_image_labels(splits, recipe, names)
     if len(set(splits["train"]["label"])) < 2:
         raise DataError("train split has a single class")
-    splits = finish_splits(splits, recipe, stratify=True)
+    splits = finish_splits(splits, recipe, stratify=True, labels=labels)
     digest = hashlib.sha256()
     for name in sorted(splits):
         digest.update(name.encode())

@@ -27,6 +27,9 @@ class Encoded:
     """Train rows' lengths, for length-grouped batches (None: plain shuffled batches)."""
     set_epoch: Callable[[int], None] | None = None
     """Called at the start of every epoch (train augmentation draws per epoch)."""
+    sampler: Callable[[torch.Generator], Any] | None = None
+    """The train rows' order, from the loop's seeded generator (the contrastive strategy's class blocks); None:
+    length-grouped or shuffled batches."""
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         present = set(splits["train"]["label"])
         if len(present) < 2:
             raise DataError(f"train split has a single class ({labels.id2label[present.pop()]!r})")
-    splits = finish_splits(splits, recipe, stratify=recipe.task == "text-classification")
+    splits = finish_splits(splits, recipe, stratify=recipe.task == "text-classification", labels=labels)
     digest = hashlib.sha256()
     for name in sorted(splits):
         # In-memory datasets get random fingerprints; hash the contract's content so the record is reproducible.
@@ -279,7 +279,7 @@ def choose_normalize(recipe: Recipe, model_dir: Path, pooling: str) -> bool:
                 f"strategy.normalize = true needs strategy.pooling 'mean' or 'cls' (the head reads {pooling!r})"
             )
         return recipe.strategy.normalize
-    fitted = recipe.strategy.kind == "head" and recipe.strategy.head.type == "lbfgs"
+    fitted = recipe.strategy.head.type == "lbfgs"  # kinds `head` and `contrastive` (the recipe allows no other)
     own_pooling = fitted and pooling == sentence_transformers_pooling(model_dir)
     return own_pooling and sentence_transformers_normalizes(model_dir)
 
@@ -288,9 +288,12 @@ def choose_pooling(recipe: Recipe, model_dir: Path) -> str:
     """`pooler` means the architecture's own head; `mean`/`cls` use the project's pooled classifier."""
     if recipe.strategy.pooling:
         return recipe.strategy.pooling
-    if recipe.strategy.kind == "head":
-        # A frozen CLS/pooler head on a mean-pooled sentence encoder is weak (0.61 vs 0.81 on SST-2, GUIDE.md).
-        return sentence_transformers_pooling(model_dir) or "pooler"
+    if recipe.strategy.kind == "head" or recipe.strategy.head.type == "lbfgs":
+        # A frozen CLS/pooler head on a mean-pooled sentence encoder is weak (0.61 vs 0.81 on SST-2, GUIDE.md); a head
+        # fitted on tuned sentence embeddings (`contrastive`) reads them as the checkpoint pools them, and a plain
+        # encoder's sentence embedding is the mean of its tokens (as sentence-transformers builds one).
+        tuned = "mean" if recipe.strategy.kind == "contrastive" else "pooler"
+        return sentence_transformers_pooling(model_dir) or tuned
     return "pooler"
 
 
