@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, help="a seeded subset of train (default: all 14,041)")
     parser.add_argument("--eval-samples", type=int, help="seeded subsets of validation and test (default: all)")
     parser.add_argument("--throughput-samples", type=int, default=600)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="throughput repeats per runner (0: none)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ner-bench"))
     parser.add_argument("--json", type=Path, default=BENCHMARKS / "results" / "ner_conll2003.json")
     args = parser.parse_args(argv)
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         report["elapsed_s"] = round(time.time() - started, 1)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
-    throughput(args.workdir, report, args.throughput_samples, args.repeats, save)
+    if args.repeats:  # --repeats 0: the accuracy runs alone
+        throughput(args.workdir, report, args.throughput_samples, args.repeats, save)
     limits = [f"training.max_train_samples={args.train_samples}"] if args.train_samples else []
     limits += [f"training.max_eval_samples={args.eval_samples}"] if args.eval_samples else []
     report["limits"] = limits

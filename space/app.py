@@ -40,6 +40,7 @@ PREPROCESSOR_FILES = ("tokenizer_config.json", "preprocessor_config.json")
 TASK_OF_ARCHITECTURE = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
+    "ForTokenClassification": "token-classification",
 }
 # System fonts only, so the page makes no request to a font CDN (the local demo runs offline).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

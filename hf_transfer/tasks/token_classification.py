@@ -68,7 +68,9 @@ def _inside_of(id2label: dict[int, str]) -> dict[int, int]:
 
 def _encode_split(split: Dataset, tokenizer: Any, recipe: Recipe, names: list[str]) -> tuple[dict, dict]:
     """Token ids and aligned labels of one split, and what truncation cut (sentences, words, entities)."""
-    encoded = tokenizer(list(split["tokens"]), is_split_into_words=True, truncation=True, max_length=recipe.data.max_length)
+    encoded = tokenizer(
+        list(split["tokens"]), is_split_into_words=True, truncation=True, max_length=recipe.data.max_length
+    )
     inside = _inside_of(dict(enumerate(names)))
     columns: dict[str, list] = {key: list(values) for key, values in encoded.items()}
     columns["labels"], columns["length"] = [], []

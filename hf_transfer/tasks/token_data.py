@@ -219,10 +219,10 @@ def _checked_splits(splits: DatasetDict, recipe: Recipe, labels: LabelInfo) -> d
             what = "repaired as B-X (data.repair_tags)" if recipe.data.repair_tags else "kept as written"
             labels.skipped[f"{name}_i_tags_without_entity"] = orphans
             logger.warning(
-                "split %r: %d I-X tags continue no entity (%s, ...): %s; IOB1 data? set data.repair_tags: true",
+                "split %r: %d I-X tags continue no entity (at %s): %s; IOB1 data? set data.repair_tags: true",
                 name,
                 orphans,
-                ", ".join(reported),
+                ", ".join(reported) + (", ..." if orphans > len(reported) else ""),
                 what,
             )
         out[name] = (words_out, tags_out)
