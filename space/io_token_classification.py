@@ -11,8 +11,9 @@ MODEL_CLASS = AutoModelForTokenClassification
 PREPROCESS = True
 # Inputs are truncated to the model's length anyway; this only stops pathological pastes.
 MAX_CHARS = 10_000
-# The pipeline's grouping of sub-word predictions into entities; `hf-transfer predict` uses the same.
-AGGREGATION = "simple"
+# The pipeline's grouping of sub-word predictions into entities, word by word (each word takes its first sub-word's
+# tag, as the model was trained and scored); `hf-transfer predict` uses the same.
+AGGREGATION = "first"
 
 
 def load_processor(source: str) -> dict[str, Any]:

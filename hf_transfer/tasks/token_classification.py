@@ -37,9 +37,11 @@ from .token_data import entity_spans, prepare_data, split_tag_names, word_entiti
 logger = logging.getLogger(__name__)
 
 NAME = "token-classification"
-AGGREGATION = "simple"
+AGGREGATION = "first"
 """How predict, the card's snippet and the Space group sub-word predictions into entities: the transformers pipeline's
-`simple` strategy, so the three give the same spans."""
+`first` strategy — each word takes its first sub-word's tag, as it was trained and is scored — so the three give the
+same spans. `simple` (grouping every sub-word's own tag) gives the same spans once continuation sub-words are tagged
+like their word, and fragments ("Mer", "kel") before that."""
 
 
 # ---------------------------------------------------------------- sub-word alignment
