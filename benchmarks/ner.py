@@ -106,6 +106,7 @@ def accuracy(
     limits: list[str],
     save,
     runners: tuple[str, ...] = ("ours", "trainer"),
+    strategies: tuple[str, ...] = STRATEGIES,
 ) -> None:
     """The first seed on both runners, then hf_transfer's other seeds, then the peer's (full and LoRA); a run that
     would end past the deadline is not started."""
@@ -114,7 +115,7 @@ def accuracy(
     order = [(seeds[0], s, r) for s in STRATEGIES for r in ("ours", "trainer")]
     order += [(seed, s, "ours") for seed in seeds[1:] for s in STRATEGIES]
     order += [(seed, s, "trainer") for seed in seeds[1:] for s in ("full", "lora")]
-    for seed, strategy, runner in [item for item in order if item[2] in runners]:
+    for seed, strategy, runner in [item for item in order if item[2] in runners and item[1] in strategies]:
         expected = took.get((runner, strategy), 0.0)
         if time.time() + expected > deadline:
             report.setdefault("not_run", []).append(f"{runner} {strategy} seed {seed} (budget)")
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput-samples", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3, help="throughput repeats per runner (0: none)")
     parser.add_argument("--runners", nargs="+", choices=["ours", "trainer"], default=["ours", "trainer"])
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ner-bench"))
     parser.add_argument("--json", type=Path, default=BENCHMARKS / "results" / "ner_conll2003.json")
     args = parser.parse_args(argv)
@@ -176,7 +178,16 @@ def main(argv: list[str] | None = None) -> None:
     limits = [f"training.max_train_samples={args.train_samples}"] if args.train_samples else []
     limits += [f"training.max_eval_samples={args.eval_samples}"] if args.eval_samples else []
     report["limits"] = limits
-    accuracy(args.workdir, report, args.seeds, started + 60 * args.budget_min, limits, save, tuple(args.runners))
+    accuracy(
+        args.workdir,
+        report,
+        args.seeds,
+        started + 60 * args.budget_min,
+        limits,
+        save,
+        tuple(args.runners),
+        tuple(args.strategies),
+    )
     report["machine_at_end"] = machine()
     save()
     print(json.dumps(report["summary"], indent=2))
