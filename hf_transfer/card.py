@@ -26,7 +26,7 @@ from .tasks import TASKS
 CARD = "README.md"
 HUB = "https://huggingface.co"
 EXAMPLES_SHOWN = 5
-COUNTS = {"examples"}
+COUNTS = {"examples", "entities"}
 """Entries of metrics.json that count rather than score: shown in the table, not reported as Hub metrics."""
 COMPARISON_MD = "strategy_comparison.md"
 COMPARISON_PNG = "strategy_comparison.png"

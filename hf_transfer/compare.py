@@ -192,6 +192,8 @@ def result_from_run(spec: str, run_dir: Path, peak_mem_mb: float, device: str) -
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     split = "test" if "test" in metrics else "validation"
     scores, train = metrics[split], metrics["train"]
+    task = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("task") or "text-classification"
+    metric = task_for(task).compare_metric or "accuracy"  # token classification ranks by entity F1
     return {
         "strategy": spec,
         "accuracy": scores["accuracy"],
@@ -204,25 +206,35 @@ def result_from_run(spec: str, run_dir: Path, peak_mem_mb: float, device: str) -
         "train_s": train["train_s"],
         "memory_measure": "cuda max allocated" if device == "cuda" else "process RSS peak",
         "output_dir": str(run_dir),
+        "metric": metric,
+        "score": scores[metric],
     }
 
 
 def winner(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The most accurate run; on a tie the one with fewer trainable parameters, then the faster one."""
-    return max(results, key=lambda r: (r["accuracy"], -r["trainable_params"], -r["wall_s"]))
+    """The best run by the task's metric (accuracy; entity F1 for token classification); on a tie the one with fewer
+    trainable parameters, then the faster one."""
+    return max(results, key=lambda r: (r.get("score", r["accuracy"]), -r["trainable_params"], -r["wall_s"]))
+
+
+def _ranked_by(results: list[dict[str, Any]]) -> str:
+    return results[0].get("metric") or "accuracy"
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
     best = winner(results)["strategy"]
+    metric = _ranked_by(results)
+    extra = "" if metric == "accuracy" else f" {metric} |"
     rows = [
-        "| strategy | accuracy | macro-F1 | trainable params | wall time (s) | peak memory (MB) |",
-        "|---|---|---|---|---|---|",
+        f"| strategy |{extra} accuracy | macro-F1 | trainable params | wall time (s) | peak memory (MB) |",
+        "|---|---|---|---|---|---|" + ("---|" if extra else ""),
     ]
     for r in results:
         name = f"**`{r['strategy']}`**" if r["strategy"] == best else f"`{r['strategy']}`"
         f1 = "—" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}"
+        score = "" if metric == "accuracy" else f" {r['score']:.4f} |"
         rows.append(
-            f"| {name} | {r['accuracy']:.4f} | {f1} | {r['trainable_params']:,} | {r['wall_s']:.1f} | "
+            f"| {name} |{score} {r['accuracy']:.4f} | {f1} | {r['trainable_params']:,} | {r['wall_s']:.1f} | "
             f"{r['peak_mem_mb']:,.1f} |"
         )
     return "\n".join(rows)
@@ -246,8 +258,10 @@ def budget_line(recipe: Recipe, results: list[dict[str, Any]]) -> str:
 def plot_points(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
     """The plotted series: per plot, one (label, x, y) point per strategy."""
     return {
-        "params": [(r["strategy"], float(r["trainable_params"]), float(r["accuracy"])) for r in results],
-        "time": [(r["strategy"], float(r["wall_s"]), float(r["accuracy"])) for r in results],
+        "params": [
+            (r["strategy"], float(r["trainable_params"]), float(r.get("score", r["accuracy"]))) for r in results
+        ],
+        "time": [(r["strategy"], float(r["wall_s"]), float(r.get("score", r["accuracy"]))) for r in results],
     }
 
 
@@ -271,7 +285,7 @@ def write_plots(results: list[dict[str, Any]], folder: Path) -> dict[str, list[t
             axes.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=9)
         axes.set_xscale(scale)
         axes.set_xlabel(xlabel)
-        axes.set_ylabel(f"accuracy ({results[0]['split']})")
+        axes.set_ylabel(f"{_ranked_by(results)} ({results[0]['split']})")
         axes.set_title(f"Accuracy against {xlabel.split(' (')[0]}")
         axes.grid(True, alpha=0.3)
         figure.tight_layout()
@@ -335,7 +349,7 @@ def compare(
 
     base = load_recipe(recipe_path, overrides)
     if task_for(base.task).compare_metric is None:
-        raise RecipeError(f"task {base.task!r}: `hf-transfer compare` ranks runs by accuracy, which this task lacks")
+        raise RecipeError(f"task {base.task!r}: `hf-transfer compare` ranks runs by a score this task lacks")
     folder = Path(output_dir) if output_dir else default_compare_dir(base)
     specs = split_specs(specs)
     ownership.check_output_location(folder, base, recipe_path, what="the comparison folder")

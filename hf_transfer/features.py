@@ -309,21 +309,29 @@ def feature_datasets(
     batch_size: int,
     extract: Any,
     cache: FeatureCache | None = None,
-) -> DatasetDict:
+    *,
+    vectors: Any = None,
+    head_rows: Any = None,
+) -> DatasetDict | dict[str, Any]:
     """Every split as `features` + `labels`, computed once with the frozen backbone (`extract`: the task's
-    FeatureExtractor.extract), or read from the cache."""
+    FeatureExtractor.extract), or read from the cache. `vectors` and `head_rows` are the extractor's hooks for
+    features that are not one vector per row (one per token)."""
     splits = {}
     for name, split in encoded.items():
-        features = _cached_on_every_rank(accelerator, cache, name, len(split)) if cache else None
+        count = vectors(split) if vectors else len(split)
+        features = _cached_on_every_rank(accelerator, cache, name, count) if cache else None
         if features is None:
             features = extract(accelerator, model, split, preprocessor, batch_size, f"features: {name}")
-            logger.info("computed %d feature vectors for split %r", len(split), name)
+            logger.info("computed %d feature vectors for split %r", len(features), name)
             if cache is not None and accelerator.is_main_process:
                 cache.store(name, features)
+        if head_rows is not None:
+            splits[name] = head_rows(features, split)
+            continue
         labels = split.with_format(None)["label"]  # image splits transform lazily: the labels without the images
         splits[name] = Dataset.from_dict({"features": features.numpy(), "labels": list(labels)})
     accelerator.wait_for_everyone()  # only the main process writes the cache; the others wait for it
-    return DatasetDict(splits).with_format("torch")
+    return splits if head_rows is not None else DatasetDict(splits).with_format("torch")
 
 
 CV_SCORING = {

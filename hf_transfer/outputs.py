@@ -182,7 +182,8 @@ def _run_record(
     """run.json: what ran, on what, from where, and how it scored (the card and the Space read it)."""
     id2label = {str(k): v for k, v in data.labels.id2label.items()}
     classes = task.problem_type != "regression"
-    per_class = {id2label[str(k)]: v for k, v in (details.get("per_class") or {}).items() if classes}
+    # Keyed by label id, or by name where classes are not labels (token classification: entity types).
+    per_class = {id2label.get(str(k), str(k)): v for k, v in (details.get("per_class") or {}).items() if classes}
     return {
         "task": recipe.task,
         "pipeline_tag": task.pipeline_tag,

@@ -26,7 +26,13 @@ from pydantic import (
 
 from .errors import RecipeError
 
-TaskName = Literal["text-classification", "multi-label-classification", "text-regression", "image-classification"]
+TaskName = Literal[
+    "text-classification",
+    "multi-label-classification",
+    "text-regression",
+    "image-classification",
+    "token-classification",
+]
 StrategyName = Literal["head", "partial", "lora", "full", "contrastive"]
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
 PoolingName = Literal["cls", "mean", "pooler"]
@@ -133,6 +139,16 @@ class DataConfig(_Section):
     """`image-classification`: file types read from image folders; any other file is skipped and counted. GIF is
     left out on purpose: in photo datasets a .gif is usually a placeholder ("image not found") or an animation."""
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    tokens_column: str = "tokens"
+    """`token-classification`: the column holding each sentence's list of words."""
+    tags_column: str = "ner_tags"
+    """`token-classification`: the column holding one BIO tag per word (strings, or a `Sequence(ClassLabel)`)."""
+    repair_tags: bool = False
+    """`token-classification`: rewrite an `I-X` that continues no `X` entity as `B-X` (otherwise counted and
+    reported with its split and row, and trained as written)."""
+    label_all_subwords: bool = False
+    """`token-classification`: every sub-word of a word carries its tag (`I-X` after a `B-X` word's first piece);
+    by default only the first sub-word does and the others count in neither the loss nor the metrics."""
 
     @field_validator("label_names")
     @classmethod
@@ -158,6 +174,10 @@ class DataConfig(_Section):
             if "train" not in files:
                 raise ValueError("a 'train' file is required")
         return files
+
+
+TOKEN_DATA_KEYS = ("tokens_column", "tags_column", "repair_tags", "label_all_subwords")
+"""The data keys of `token-classification` alone."""
 
 
 class HeadConfig(_Section):
@@ -312,7 +332,8 @@ class TrainingConfig(_Section):
     """Evaluate every N optimizer steps; default once per epoch."""
     early_stopping_patience: int | None = Field(default=None, gt=0)
     metric_for_best: str | None = None
-    """Default: accuracy (single-label), f1_macro (multi-label), mse (regression)."""
+    """Default: accuracy (single-label), f1_macro (multi-label), mse (regression), f1 (token classification:
+    entity-level micro F1)."""
     save_total_limit: int = Field(default=2, gt=0)
     group_by_length: bool = True
     """Batch examples of similar length together (less padding, faster)."""
@@ -384,8 +405,13 @@ class Recipe(_Section):
             raise ValueError(
                 f"training.layer_lr_decay applies to kinds 'partial', 'lora' and 'full', not {self.strategy.kind!r}"
             )
-        if self.data.samples_per_class and self.task == "text-regression":
-            raise ValueError("data.samples_per_class draws rows per class: task 'text-regression' has no classes")
+        if self.data.samples_per_class and self.task in ("text-regression", "token-classification"):
+            raise ValueError(f"data.samples_per_class draws rows per class: task {self.task!r} has no class per row")
+        if self.task != "token-classification":
+            defaults = DataConfig.model_fields
+            for name in TOKEN_DATA_KEYS:
+                if getattr(self.data, name) != defaults[name].default:
+                    raise ValueError(f"data.{name} applies to task 'token-classification' only, not {self.task!r}")
         return self
 
     def to_yaml(self) -> str:
@@ -406,6 +432,7 @@ def default_metric_for_best(task: str) -> str:
         "text-classification": "accuracy",
         "image-classification": "accuracy",
         "multi-label-classification": "f1_macro",
+        "token-classification": "f1",
     }.get(task, "mse")
 
 

@@ -283,10 +283,20 @@ def plan_fit(
         return Fit(model, model, encoded, t.epochs, "inputs", unfreeze_at=unfreeze_at, loss_weight=class_weight)
     # Feature extraction proper: the frozen backbone runs once per example, not once per example per epoch.
     model.to(accelerator.device)
+    extractor = task.features
     features = feature_datasets(
-        accelerator, model, encoded.splits, preprocessor, eval_batch, task.features.extract, cache
+        accelerator,
+        model,
+        encoded.splits,
+        preprocessor,
+        eval_batch,
+        extractor.extract,
+        cache,
+        vectors=extractor.vectors,
+        head_rows=extractor.head_rows,
     )
-    fit = Fit(feature_head, model, Encoded(features, collate_features), t.epochs, "features", loss_weight=class_weight)
+    collate = extractor.collate or collate_features
+    fit = Fit(feature_head, model, Encoded(features, collate), t.epochs, "features", loss_weight=class_weight)
     if s.head.type == "lbfgs":  # fitted in one go: the loop has no epochs left to run
         weights = None if class_weight is None else dict(enumerate(class_weight.tolist()))
         metric = t.metric_for_best or task.metric_for_best

@@ -102,12 +102,14 @@ def set_up(recipe: Recipe, *, overwrite: bool, resume: bool) -> Run:
         data = task.prepare_data(recipe)
         preprocessor = task.load_preprocessor(model_source.location, recipe)
         encoded = task.encode(data.splits, preprocessor, recipe)
+    data.labels.skipped.update(encoded.left_out)  # recorded with what loading left out (run.json, metrics.json)
     pooling = task.choose_pooling(recipe, Path(model_source.location))
     model = apply_strategy(task.build_model(recipe, model_source.location, data.labels.id2label, pooling), recipe)
     parameters = count_parameters(model)
     # Only now that the recipe, data, model and strategy have all loaded: a bad input never costs the old run.
     num_labels = len(data.labels.id2label)
-    check_metric_for_best(recipe, task, data.splits["validation"]["label"], num_labels)
+    names = [data.labels.id2label[i] for i in range(num_labels)]
+    check_metric_for_best(recipe, task, data.splits["validation"]["label"], num_labels, names)
     if recipe.strategy.unfreeze_every and accelerator.distributed_type in (
         DistributedType.FSDP,
         DistributedType.DEEPSPEED,

@@ -42,6 +42,7 @@ PREPROCESSOR_FILES = ("tokenizer_config.json", "preprocessor_config.json")
 TASK_OF_ARCHITECTURE = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
+    "ForTokenClassification": "token-classification",
 }
 # What serves the model: the RUNTIME Space variable (or environment variable) `torch`, `onnx` or `onnx-int8`; unset,
 # the fastest ONNX export in the model repo that verifies (see `onnx_file`), else transformers on the weights.

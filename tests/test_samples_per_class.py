@@ -113,9 +113,10 @@ def test_bad_values_are_one_clear_error_naming_the_key(tmp_path, sentiment_folde
     assert len(message.splitlines()) == 1
 
 
-def test_regression_has_no_classes_to_draw_from(tmp_path, sentiment_folder):
+@pytest.mark.parametrize("task", ["text-regression", "token-classification"])
+def test_tasks_without_a_class_per_row_have_nothing_to_draw_from(tmp_path, sentiment_folder, task):
     path = recipe_yaml(
         tmp_path / "r.yaml", "unused", sentiment_folder, tmp_path / "out", data={"samples_per_class": 4}
     )
-    with pytest.raises(RecipeError, match="task 'text-regression' has no classes"):
-        load_recipe(path, ["task=text-regression"])
+    with pytest.raises(RecipeError, match=f"task '{task}' has no class per row"):
+        load_recipe(path, [f"task={task}"])

@@ -289,7 +289,11 @@ TASK_IO_NAMES = {
 
 def test_every_task_io_module_exposes_the_same_names():
     modules = sorted(template_dir().glob("io_*.py"))
-    assert [p.name for p in modules] == ["io_image_classification.py", "io_text_classification.py"]
+    assert [p.name for p in modules] == [
+        "io_image_classification.py",
+        "io_text_classification.py",
+        "io_token_classification.py",
+    ]
     for path in modules:
         defined = set()
         for node in ast.parse(path.read_text()).body:

@@ -10,6 +10,8 @@ import evaluate
 import numpy as np
 
 _HERE = Path(__file__).parent
+IGNORED = -100
+"""The label of positions that count in neither loss nor metrics (special tokens, later sub-words, padding)."""
 
 
 @functools.cache
@@ -17,13 +19,29 @@ def load_metric(task: str) -> evaluate.EvaluationModule:
     """The evaluate module for a task, loaded from this package's files (works with no network)."""
     if task == "text-regression":
         return evaluate.load(str(_HERE / "regression.py"))
+    if task == "token-classification":
+        return evaluate.load(str(_HERE / "token_classification.py"))
     config = "multilabel" if task == "multi-label-classification" else "default"
     return evaluate.load(str(_HERE / "classification.py"), config)
 
 
-def compute_metrics(task: str, predictions: np.ndarray, references: np.ndarray, num_labels: int) -> dict[str, Any]:
-    """All metrics for the task; numbers are flat, `per_class` and `confusion_matrix` are the detailed report."""
+def compute_metrics(
+    task: str,
+    predictions: np.ndarray,
+    references: np.ndarray,
+    num_labels: int,
+    label_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """All metrics for the task; numbers are flat, `per_class` and `confusion_matrix` are the detailed report.
+    Token classification takes `[sentences, positions]` tag ids (-100: not scored) and the tag names, in id order."""
     metric = load_metric(task)
+    if task == "token-classification":
+        names = label_names or [str(i) for i in range(num_labels)]
+        kept = [row != IGNORED for row in references]
+        tags = [[names[i] for i in row[keep]] for row, keep in zip(references, kept, strict=True)]
+        guesses = [[names[i] for i in row[keep]] for row, keep in zip(predictions, kept, strict=True)]
+        types = sorted({name[2:] for name in names if name[:2] in ("B-", "I-")})
+        return metric.compute(predictions=guesses, references=tags, types=types) | {"examples": len(references)}
     if task == "text-regression":
         scores = metric.compute(predictions=predictions.tolist(), references=references.tolist())
     else:

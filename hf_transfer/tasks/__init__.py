@@ -14,8 +14,13 @@ from ..recipe import Recipe
 from .image_classification import IMAGE_CLASSIFICATION
 from .spec import Encoded, FeatureExtractor, Task
 from .text_classification import TEXT_TASKS
+from .token_classification import TOKEN_CLASSIFICATION
 
-TASKS: dict[str, Task] = {**TEXT_TASKS, IMAGE_CLASSIFICATION.name: IMAGE_CLASSIFICATION}
+TASKS: dict[str, Task] = {
+    **TEXT_TASKS,
+    IMAGE_CLASSIFICATION.name: IMAGE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION.name: TOKEN_CLASSIFICATION,
+}
 
 __all__ = ["TASKS", "Encoded", "FeatureExtractor", "Task", "task_for", "prepare_data", "build_model"]
 

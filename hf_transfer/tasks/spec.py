@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,8 @@ class Encoded:
     sampler: Callable[[torch.Generator], Any] | None = None
     """The train rows' order, from the loop's seeded generator (the contrastive strategy's class blocks); None:
     length-grouped or shuffled batches."""
+    left_out: dict[str, int] = field(default_factory=dict)
+    """What encoding cut, by reason (words and entities past data.max_length): recorded with the run's data."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class FeatureExtractor:
     """A split's inputs by content, in order (labels left out: features do not depend on them)."""
     head: Callable[[Any], Any]
     """model -> its own head as a module of cached features, when only that head trains; else None."""
+    vectors: Callable[[Dataset], int] | None = None
+    """How many feature vectors `extract` returns for an encoded split (None: one per row; per token: one per
+    labelled token)."""
+    head_rows: Callable[[torch.Tensor, Dataset], Any] | None = None
+    """(features, encoded split) -> the head's dataset (None: one `features` + `labels` row per example)."""
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    """How the head's rows are batched (None: stacked)."""
 
 
 @dataclass(frozen=True)

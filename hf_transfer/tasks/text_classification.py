@@ -108,12 +108,18 @@ def _rename_columns(splits: DatasetDict, recipe: Recipe, source: Resolved) -> Da
                 key = {"text": "text_column", "label": "label_column", "text_pair": "text_pair_column"}[role]
                 raise DataError(
                     f"split {name!r} of {data.source!r} has no column {column!r} (data.{key}); "
-                    f"its columns are {split.column_names}"
+                    f"its columns are {split.column_names}{_words_and_tags_hint(split)}"
                 )
         keep = list(wanted)
         split = split.remove_columns([c for c in split.column_names if c not in keep])
         out[name] = split.rename_columns({k: v for k, v in wanted.items() if k != v})
     return DatasetDict(out)
+
+
+def _words_and_tags_hint(split: Dataset) -> str:
+    """A hint when a split holds lists of words and tags (NER data) rather than one text per row."""
+    listed = [name for name, feature in split.features.items() if type(feature).__name__ in ("Sequence", "List")]
+    return " (it holds lists of words and tags: token-classification data?)" if len(listed) >= 2 else ""
 
 
 def _apply_contract(splits: DatasetDict, recipe: Recipe, labels: LabelInfo) -> DatasetDict:
@@ -128,6 +134,11 @@ def _apply_contract(splits: DatasetDict, recipe: Recipe, labels: LabelInfo) -> D
         for row_number, text in enumerate(rows["text"]):
             value = rows["label"][row_number]
             where = f"split {split_name!r}, row {row_number}"
+            if isinstance(text, list | tuple):
+                raise DataError(
+                    f"{where}: data.text_column {recipe.data.text_column!r} holds a list, not one text "
+                    "(lists of words and tags are task 'token-classification')"
+                )
             if text is None or not str(text).strip():
                 empty += 1
                 continue
