@@ -376,6 +376,29 @@ def test_the_local_folder_through_the_pipeline_gives_predicts_spans(runs, aggreg
     assert any(r["entities"] for r in ours)
 
 
+def test_an_onnx_export_tags_the_same_spans_without_the_pipelines_class_complaint(runs, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    from hf_transfer.cli import main
+
+    folder = tmp_path / "full"
+    shutil.copytree(runs["full"], folder, ignore=shutil.ignore_patterns("checkpoints"))
+    assert main(["export", str(folder), "--int8"]) == 0
+    spans = {}
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        # As a user runs it: the pipeline's complaint goes to transformers' own stderr handler.
+        command = [sys.executable, "-m", "hf_transfer", "predict", str(folder), *SENTENCES, "--json"]
+        done = subprocess.run([*command, "--runtime", runtime], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        spans[runtime] = [_spans(r["entities"]) for r in json.loads(done.stdout)]
+        assert "is not supported for token-classification" not in done.stderr
+    assert spans["onnx"] == spans["torch"] and spans["torch"][0] == [("PER", 0, 10), ("LOC", 19, 24)]
+    assert spans["onnx-int8"] == spans["torch"]
+
+
 def test_evaluate_rescores_the_saved_model(runs):
     from hf_transfer.inference import evaluate_run
 

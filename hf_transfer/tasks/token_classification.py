@@ -178,10 +178,24 @@ def load_for_inference(folder: Path, trusted: bool) -> tuple[Any, Any]:
 
 
 def entities_pipeline(model: Any, tokenizer: Any) -> Any:
-    """The transformers pipeline a Hub user gets, with the same aggregation (`simple`)."""
-    from transformers import pipeline
+    """The transformers pipeline a Hub user gets, with the same aggregation (AGGREGATION)."""
+    from transformers import PreTrainedModel, pipeline
 
-    return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy=AGGREGATION)
+    # The pipeline logs an error naming every supported class when the model is not one of transformers' own; the
+    # ONNX runtime's stand-in (runtimes.OnnxModel) returns the same logits, so that line would only mislead.
+    # The pipeline truncates at the tokenizer's model_max_length, which some checkpoints leave above what the model
+    # has position embeddings for (or unset): a long text would then fail inside the model instead of being cut.
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions and not 0 < (tokenizer.model_max_length or 0) <= positions:
+        tokenizer.model_max_length = positions
+    check_logger = logging.getLogger("transformers.pipelines.base")
+    level = check_logger.level
+    if not isinstance(model, PreTrainedModel) and not hasattr(model, "peft_config"):
+        check_logger.setLevel(logging.CRITICAL)
+    try:
+        return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy=AGGREGATION)
+    finally:
+        check_logger.setLevel(level)
 
 
 def pipeline_entities(text: str, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
