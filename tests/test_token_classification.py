@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, minilm_path
+from conftest import SHARED_DATA, minilm_path, recipe_yaml
 from hub_server import hub_env, run_client
 from safetensors.torch import load_file
 
@@ -67,20 +67,10 @@ def ner_folder(tmp_path_factory) -> Path:
 
 
 def ner_recipe(path: Path, model: Path | str, source: Path | str, out: Path, **sections) -> Path:
-    tree = {
-        "model": str(model),
-        "task": "token-classification",
-        "data": {"source": str(source), "max_length": 32},
-        "strategy": {"kind": "full"},
-        "training": {"epochs": 3, "batch_size": 8, "lr": 5e-3, "seed": 0, "output_dir": str(out), "warmup": 0},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            tree.setdefault(section, {}).update(values)
-        else:
-            tree[section] = values
-    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
-    return path
+    """conftest's small recipe, as a token-classification one trained 3 epochs unless `sections` say otherwise."""
+    sections = {"task": "token-classification", **sections}
+    sections["training"] = {"epochs": 3, **sections.get("training", {})}
+    return recipe_yaml(path, model, source, out, **sections)
 
 
 def prepared(tmp_path: Path, source: Path | str, **sections):
