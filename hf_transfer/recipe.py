@@ -346,11 +346,13 @@ class TrainingConfig(_Section):
     """Layer-wise learning-rate decay (`partial`, `lora`, `full`): the head and the top layer train at `lr`, each
     layer below at ×decay of the one above, the embeddings lowest."""
     class_weights: Literal["balanced", "none"] | dict[str, float] = "none"
-    """Single-label classification: weight each class's loss. `balanced` = rows / (classes × rows of the class) on
-    the train split; or {label name: weight}, unnamed labels weighing 1."""
+    """Single-label and token classification: weight each class's loss (per token: each tag's, over the labelled
+    tokens). `balanced` = rows / (classes × rows of the class) on the train split, counting word-level tags for
+    token classification; or {label or tag name: weight}, unnamed ones weighing 1."""
     balanced_sampler: bool = False
     """Single-label classification: draw training rows with every class equally likely (with replacement, as many
-    rows per epoch as train holds), instead of grouping by length."""
+    rows per epoch as train holds), instead of grouping by length. Not token classification: a sentence has many
+    tags (use class_weights)."""
     select_best: bool | None = None
     """Keep the weights of the best validation score (true) or of the last epoch (false). Default: the best, except
     with `data.samples_per_class` on data without a validation split, where a few held-out rows would pick an epoch

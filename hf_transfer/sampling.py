@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSample
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import TrainingError
+from .metrics import IGNORED
 from .recipe import Recipe
 
 
@@ -45,14 +46,16 @@ def make_loader(
     return loader, generator
 
 
-def class_weights(recipe: Recipe, train_labels: list[int], id2label: dict[int, str]) -> torch.Tensor | None:
-    """`training.class_weights` as one loss weight per label id; None when the loss is unweighted."""
+def class_weights(recipe: Recipe, train_labels: list[Any], id2label: dict[int, str]) -> torch.Tensor | None:
+    """`training.class_weights` as one loss weight per label id; None when the loss is unweighted. `train_labels`
+    holds one label id per row, or one list of ids per row (a sentence's word-level tags, counted tag by tag)."""
     setting = recipe.training.class_weights
     if setting == "none":
         return None
     if setting == "balanced":
-        counts = np.bincount(train_labels, minlength=len(id2label))
-        weights = len(train_labels) / (len(id2label) * np.maximum(counts, 1))  # scikit-learn's "balanced"
+        labels = [tag for row in train_labels for tag in row] if _per_word(train_labels) else train_labels
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(id2label))
+        weights = len(labels) / (len(id2label) * np.maximum(counts, 1))  # scikit-learn's "balanced"
     else:
         unknown = sorted(set(setting) - set(id2label.values()))
         if unknown:
@@ -63,6 +66,10 @@ def class_weights(recipe: Recipe, train_labels: list[int], id2label: dict[int, s
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def _per_word(train_labels: list[Any]) -> bool:
+    return bool(train_labels) and isinstance(train_labels[0], list | tuple)
+
+
 def balanced_sample_weights(train_labels: list[int]) -> list[float]:
     """Each row drawn with probability 1 / (classes × rows of its class): every class equally likely."""
     counts = np.bincount(train_labels)
@@ -70,5 +77,8 @@ def balanced_sample_weights(train_labels: list[int]) -> list[float]:
 
 
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with a weight per class: the weighted row losses summed, over the sum of the rows' weights."""
-    return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weight)
+    """Cross-entropy with a weight per class: the weighted losses of the labelled rows (or tokens: `[batch, positions,
+    classes]` logits) summed, over the sum of their weights; IGNORED positions count in neither."""
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, -2), labels.flatten(), weight=class_weight, ignore_index=IGNORED
+    )

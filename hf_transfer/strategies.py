@@ -147,9 +147,17 @@ def check_strategy(model: PreTrainedModel, recipe: Recipe, task: Task) -> None:
             f"strategy.head.type 'lbfgs' fits single-label classification, not task {task.name!r}; "
             "use 'linear' or 'mlp'"
         )
-    for key, used in (("class_weights", t.class_weights != "none"), ("balanced_sampler", t.balanced_sampler)):
-        if used and not task.single_label:
-            raise TrainingError(f"training.{key} applies to single-label classification, not task {task.name!r}")
+    if t.class_weights != "none" and not task.per_class_loss:
+        raise TrainingError(
+            f"training.class_weights applies to single-label and token classification, not task {task.name!r}: it "
+            "weighs a cross-entropy over classes"
+        )
+    if t.balanced_sampler and not task.single_label:
+        instead = "; weight the loss by class with training.class_weights instead" if task.per_class_loss else ""
+        raise TrainingError(
+            f"training.balanced_sampler applies to single-label classification, not task {task.name!r}: it draws "
+            f"each row by its one class, and a row of this task has none{instead}"
+        )
     if s.warmup_head_epochs and task.warmup_refusal:
         raise StrategyError(task.warmup_refusal)
     if s.warmup_head_epochs and not is_pooled(model):

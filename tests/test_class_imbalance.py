@@ -143,5 +143,6 @@ def test_class_options_need_single_label_classification(tmp_path, tiny_bert, key
     path = recipe_yaml(
         tmp_path / "r.yaml", tiny_bert, folder, tmp_path / "out", task="text-regression", training={key: value}
     )
-    with pytest.raises(TrainingError, match=rf"training.{key} applies to single-label classification"):
+    refusal = rf"training.{key} applies to single-label (and token )?classification, not task 'text-regression'"
+    with pytest.raises(TrainingError, match=refusal):
         train(load_recipe(path))

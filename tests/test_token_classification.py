@@ -3,6 +3,7 @@ BERT, predict = the transformers pipeline (local folder and published repo), the
 MiniLM on a slice of CoNLL-2003."""
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from conftest import SHARED_DATA, minilm_path, recipe_yaml
 from hub_server import hub_env, run_client
 from safetensors.torch import load_file
 
-from hf_transfer.errors import DataError, RecipeError, StrategyError
+from hf_transfer.errors import DataError, RecipeError, StrategyError, TrainingError
 from hf_transfer.metrics import compute_metrics
 from hf_transfer.recipe import load_recipe
+from hf_transfer.sampling import class_weights, weighted_loss
 from hf_transfer.tasks import task_for
 from hf_transfer.tasks.token_classification import align_labels
 from hf_transfer.tasks.token_data import entity_spans, orphan_positions, word_entities
@@ -218,13 +220,22 @@ def test_token_keys_are_refused_on_other_tasks(tmp_path, ner_folder):
         load_recipe(path, ["data.label_all_subwords=true"])
 
 
-def test_lp_ft_and_class_weights_are_refused_clearly(tmp_path, tiny_bert, ner_folder):
+def test_the_balanced_sampler_is_refused_per_token_naming_the_key(tmp_path, tiny_bert, ner_folder):
+    recipe = ner_recipe(tmp_path / "s.yaml", tiny_bert, ner_folder, tmp_path / "s")
+    refusal = (
+        r"training.balanced_sampler applies to single-label classification, not task 'token-classification': it "
+        r"draws each row by its one class, and a row of this task has none; weight the loss by class with "
+        r"training.class_weights instead"
+    )
+    with pytest.raises(TrainingError, match=refusal):
+        train(load_recipe(recipe, ["training.balanced_sampler=true"]))
+    assert not (tmp_path / "s").exists()
+
+
+def test_lp_ft_is_refused_clearly(tmp_path, tiny_bert, ner_folder):
     warm = ner_recipe(tmp_path / "w.yaml", tiny_bert, ner_folder, tmp_path / "w", strategy={"warmup_head_epochs": 1})
     with pytest.raises(StrategyError, match="token classification has no such warm-up yet"):
         train(load_recipe(warm))
-    weighted = ner_recipe(tmp_path / "c.yaml", tiny_bert, ner_folder, tmp_path / "c")
-    with pytest.raises(Exception, match="training.class_weights applies to single-label classification"):
-        train(load_recipe(weighted, ["training.class_weights=balanced"]))
 
 
 # -- alignment and metrics --------------------------------------------------------------------------------------------
@@ -316,6 +327,73 @@ def test_partial_with_llrd_and_gradual_unfreezing_trains(runs, tiny_bert):
     assert not torch.equal(
         saved["bert.encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"]
     )
+
+
+def test_per_token_class_weights_are_the_weighted_cross_entropy_by_hand():
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [9.0, 0.0, 0.0]],
+            [[1.0, 1.0, 3.0], [0.0, 7.0, 0.0], [5.0, 5.0, 5.0]],
+        ]
+    )
+    labels = torch.tensor([[0, 1, -100], [2, -100, -100]])  # -100: a later sub-word, special token or padding
+    weight = torch.tensor([1.0, 3.0, 0.5])
+    token_losses = [  # -log softmax at the true tag, the three labelled tokens
+        math.log(1 + 2 * math.exp(-2)),
+        math.log(2 + math.e) - 1,
+        math.log(2 * math.e + math.exp(3)) - 3,
+    ]
+    by_hand = (1 * token_losses[0] + 3 * token_losses[1] + 0.5 * token_losses[2]) / (1 + 3 + 0.5)
+    assert weighted_loss(logits, labels, weight).item() == pytest.approx(by_hand, rel=1e-6)
+    unweighted = sum(token_losses) / 3  # the model's own loss: the mean over labelled tokens
+    assert weighted_loss(logits, labels, torch.ones(3)).item() == pytest.approx(unweighted, rel=1e-6)
+    assert by_hand != pytest.approx(unweighted)
+
+
+def test_the_loop_weights_each_labelled_token_by_its_tag(tmp_path, tiny_bert, ner_folder, monkeypatch):
+    from collections import Counter
+
+    from hf_transfer import train as train_module
+
+    seen = []
+
+    def spy(logits, labels, class_weight):
+        loss = weighted_loss(logits, labels, class_weight)
+        kept = labels != -100
+        log_p = torch.log_softmax(logits.detach().float(), dim=-1)[kept]
+        w = class_weight[labels[kept]]
+        by_hand = -(w * log_p[torch.arange(len(w)), labels[kept]]).sum() / w.sum()
+        seen.append((class_weight.tolist(), loss.item(), by_hand.item(), logits.ndim))
+        return loss
+
+    monkeypatch.setattr(train_module, "weighted_loss", spy)
+    recipe = ner_recipe(tmp_path / "r.yaml", tiny_bert, ner_folder, tmp_path / "out", training={"epochs": 1})
+    out = train(load_recipe(recipe, ["training.class_weights=balanced"]))
+    names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    train_rows = [json.loads(line) for line in (ner_folder / "train.jsonl").read_text().splitlines()]
+    counts = Counter(tag for row in train_rows for tag in row["ner_tags"])
+    words = sum(counts.values())
+    assert len(seen) == 15  # every one of the 120 / 8 steps
+    for weights, loss, by_hand, ndim in seen:
+        assert weights == pytest.approx([words / (7 * max(counts[n], 1)) for n in names]) and ndim == 3
+        assert loss == pytest.approx(by_hand, rel=1e-5)
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["training"]["class_weights"] == "balanced"
+
+
+def test_class_weights_count_word_level_tags_and_name_an_unknown_tag(tmp_path, tiny_bert, ner_folder):
+    id2label = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC"}
+    tags = [[1, 2, 0, 0, 3], [0, 0, 3], [1, 2]]  # 10 words: 4 O, 2 B-PER, 2 I-PER, 2 B-LOC
+    recipe = load_recipe(ner_recipe(tmp_path / "c.yaml", "m", ner_folder, tmp_path / "c"))
+    recipe.training.class_weights = "balanced"
+    counts = [4, 2, 2, 2]
+    assert class_weights(recipe, tags, id2label).tolist() == pytest.approx([10 / (4 * c) for c in counts])
+    recipe.training.class_weights = {"B-LOC": 4.0}
+    assert class_weights(recipe, tags, id2label).tolist() == [1.0, 1.0, 1.0, 4.0]
+    weighted = ner_recipe(tmp_path / "w.yaml", tiny_bert, ner_folder, tmp_path / "w")
+    with pytest.raises(
+        TrainingError, match=r"training.class_weights names 'B-PERSON', not a label; labels: \['B-LOC'"
+    ):
+        train(load_recipe(weighted, ["training.class_weights={B-PERSON: 2}"]))
 
 
 def test_truncated_words_and_entities_are_counted_in_run_json(tmp_path, tiny_bert):

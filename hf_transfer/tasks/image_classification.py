@@ -237,6 +237,7 @@ IMAGE_CLASSIFICATION = Task(
     metric_for_best="accuracy",
     greater_is_better=True,
     single_label=True,
+    per_class_loss=True,
     compare_metric="accuracy",
     peft_task_type=None,
     prepare_data=prepare_data,

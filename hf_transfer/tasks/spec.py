@@ -65,7 +65,7 @@ class Task:
     metric_for_best: str
     greater_is_better: bool
     single_label: bool
-    """One class per row: class weights, the balanced sampler and L-BFGS heads apply."""
+    """One class per row: the balanced sampler and L-BFGS heads apply."""
     compare_metric: str | None
     """The metric `compare` ranks runs by (None: the task cannot be ranked that way)."""
     peft_task_type: str | None
@@ -101,5 +101,7 @@ class Task:
     """`advise` can probe this task (a text encoder's hidden states, one class per row)."""
     fixed_rows_hint: str = ""
     """How to make train rows the same every epoch (so features can be computed once), when `augments` says not."""
+    per_class_loss: bool = False
+    """The loss is a cross-entropy over classes, per row or per token: `training.class_weights` apply."""
     warmup_refusal: str | None = None
     """Why LP-FT (`strategy.warmup_head_epochs`) cannot run on this task's models, if it cannot."""

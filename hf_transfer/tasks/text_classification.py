@@ -538,6 +538,7 @@ TEXT_TASKS: dict[str, Task] = {
         metric_for_best="accuracy",
         greater_is_better=True,
         single_label=True,
+        per_class_loss=True,
         compare_metric="accuracy",
         advise_probe=True,
         scores=softmax_scores,

@@ -374,6 +374,7 @@ TOKEN_CLASSIFICATION = Task(
     read_inputs=read_texts,
     format_result=format_result,
     card=TOKEN_CARD,
+    per_class_loss=True,
     warmup_refusal=(
         "strategy.warmup_head_epochs (LP-FT) trains a head on pooled sentence features; token classification has "
         "no such warm-up yet: train kind 'head' first, or leave warmup_head_epochs out"
