@@ -50,6 +50,15 @@ def pooled_feature_head(model: nn.Module) -> nn.Module | None:
     return FeatureHead(model) if trainable == {"classifier"} else None
 
 
+def pooled_warmup_head(model: nn.Module) -> nn.Module:
+    """The pooled model's own head on cached features, whatever else trains (LP-FT's warm-up)."""
+    if not is_pooled(model):
+        raise StrategyError(
+            "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"
+        )
+    return FeatureHead(model)
+
+
 def classifier_linear(classifier: nn.Module) -> nn.Linear:
     """The one linear layer of a classifier module (itself, for a plain `nn.Linear`)."""
     if isinstance(classifier, nn.Linear):
@@ -425,31 +434,44 @@ def warm_up_head(
     accelerator: Accelerator,
     model: torch.nn.Module,
     train_split: Any,
-    tokenizer: Any,
+    preprocessor: Any,
     batch_size: int,
     cache: FeatureCache | None,
     recipe: Recipe,
     class_weight: torch.Tensor | None,
+    extractor: FeatureExtractor,
 ) -> None:
-    """LP-FT: train the head alone on frozen pooled features (computed once, or read from the feature cache), so
-    fine-tuning starts from a head that fits instead of a random one whose gradients would distort the backbone."""
+    """LP-FT: train the head alone on the frozen backbone's features (pooled, or per token: the task's `extractor`
+    says which; computed once, or read from the feature cache), so fine-tuning starts from a head that fits instead
+    of a random one whose gradients would distort the backbone."""
     s, t = recipe.strategy, recipe.training
-    pooled = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: B = 0, the base model
-    pooled.to(accelerator.device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: B = 0, the base model
+    base.to(accelerator.device)
+    head = extractor.warmup_head(base)
     splits = DatasetDict({"train": train_split})
-    features = feature_datasets(accelerator, pooled, splits, tokenizer, batch_size, extract_features, cache)
-    rows = features["train"][:]
-    x, y = rows["features"].to(accelerator.device), rows["labels"].to(accelerator.device)
-    head = FeatureHead(pooled)
+    features = feature_datasets(
+        accelerator,
+        base,
+        splits,
+        preprocessor,
+        batch_size,
+        extractor.extract,
+        cache,
+        vectors=extractor.vectors,
+        head_rows=extractor.head_rows,
+    )
+    rows = features["train"]
+    batch_of = _batches_of(rows, extractor.collate, accelerator.device)
     optimizer = torch.optim.AdamW(
         [p for p in head.parameters() if p.requires_grad], lr=s.warmup_head_lr, weight_decay=t.weight_decay
     )
     generator = torch.Generator().manual_seed(t.seed)
     head.train()
     for _ in range(s.warmup_head_epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(t.batch_size):
-            output = head(x[batch], y[batch])
-            loss = output.loss if class_weight is None else weighted_loss(output.logits, y[batch], class_weight)
+        for indices in torch.randperm(len(rows), generator=generator).split(t.batch_size):
+            batch = batch_of(indices)
+            output = head(**batch)
+            loss = output.loss if class_weight is None else weighted_loss(output.logits, batch["labels"], class_weight)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -458,3 +480,12 @@ def warm_up_head(
         for parameter in head.parameters():
             parameter.copy_(broadcast(parameter.detach().clone(), from_process=0))
     logger.info("head warm-up: %d epochs on frozen features, last loss %.4f", s.warmup_head_epochs, loss.item())
+
+
+def _batches_of(rows: Any, collate: Any, device: torch.device) -> Any:
+    """indices -> the head's batch of those rows, on `device`. One vector per row: the split is held as tensors and
+    indexed; rows of several vectors (a sentence's tokens) are batched by the extractor's `collate`, as in the loop."""
+    if collate is None:
+        whole = {name: column.to(device) for name, column in rows[:].items()}
+        return lambda indices: {name: column[indices] for name, column in whole.items()}
+    return lambda indices: {k: v.to(device) for k, v in collate([rows[i] for i in indices.tolist()]).items()}

@@ -239,8 +239,9 @@ class StrategyConfig(_Section):
     """Gradual unfreezing (`partial`, `lora`, `full`): the head trains from the first epoch, then one more layer,
     top down, every N epochs; what sits below the layers (embeddings) comes last."""
     warmup_head_epochs: int | None = Field(default=None, gt=0)
-    """LP-FT (`partial`, `lora`, `full` with `pooling: mean | cls`): train the head for N epochs on frozen pooled
-    features first, then fine-tune with the chosen strategy from that head."""
+    """LP-FT (`partial`, `lora`, `full`): train the head for N epochs on the frozen backbone's features first (text
+    classification: pooled, with `pooling: mean | cls`; token classification: per-token states), then fine-tune with
+    the chosen strategy from that head."""
     warmup_head_lr: float = Field(default=1e-3, gt=0)
     """Learning rate of the head warm-up (`warmup_head_epochs`)."""
     head: HeadConfig = Field(default_factory=HeadConfig)

@@ -21,7 +21,6 @@ from .contrastive import (
 )
 from .errors import StrategyError, TrainingError
 from .features import FeatureCache, collate_features, feature_datasets, fit_logistic_head, warm_up_head
-from .pooled import is_pooled
 from .recipe import Recipe, TrainingConfig
 from .tasks import TASKS, Encoded, Task
 
@@ -158,12 +157,13 @@ def check_strategy(model: PreTrainedModel, recipe: Recipe, task: Task) -> None:
             f"training.balanced_sampler applies to single-label classification, not task {task.name!r}: it draws "
             f"each row by its one class, and a row of this task has none{instead}"
         )
-    if s.warmup_head_epochs and task.warmup_refusal:
-        raise StrategyError(task.warmup_refusal)
-    if s.warmup_head_epochs and not is_pooled(model):
-        raise StrategyError(
-            "strategy.warmup_head_epochs trains the head on pooled features: set strategy.pooling to 'mean' or 'cls'"
-        )
+    if s.warmup_head_epochs:
+        warmup_head = task.features.warmup_head
+        if warmup_head is None:
+            raise StrategyError(
+                task.warmup_refusal or f"strategy.warmup_head_epochs (LP-FT) does not apply to task {task.name!r}"
+            )
+        warmup_head(model)  # refuses, naming the key, a model whose head cannot train on cached features
     if s.kind in STRATEGY_RULES:
         STRATEGY_RULES[s.kind](model, recipe, task)
 
@@ -282,7 +282,15 @@ def plan_fit(
     cache = make_cache() if s.warmup_head_epochs or feature_head is not None else None
     if s.warmup_head_epochs and not resume:  # a resumed run restores its warmed-up head
         warm_up_head(
-            accelerator, model, encoded.splits["train"], preprocessor, eval_batch, cache, recipe, class_weight
+            accelerator,
+            model,
+            encoded.splits["train"],
+            preprocessor,
+            eval_batch,
+            cache,
+            recipe,
+            class_weight,
+            task.features,
         )
     if feature_head is None:
         if augments and s.kind == "head":

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from .errors import StrategyError
 from .metrics import IGNORED
 
 
@@ -41,6 +42,16 @@ def token_feature_head(model: nn.Module) -> nn.Module | None:
         return None
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     return TokenFeatureHead(model) if trainable == {"classifier"} else None
+
+
+def token_warmup_head(model: nn.Module) -> nn.Module:
+    """The token classifier on cached token states, whatever else trains (LP-FT's warm-up)."""
+    if not isinstance(getattr(model, "classifier", None), nn.Module):
+        raise StrategyError(
+            f"strategy.warmup_head_epochs trains the model's `classifier` on cached token states, and "
+            f"{type(model).__name__} has none; leave warmup_head_epochs out"
+        )
+    return TokenFeatureHead(model)
 
 
 def labelled_tokens(split: Dataset) -> int:

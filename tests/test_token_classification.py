@@ -232,10 +232,20 @@ def test_the_balanced_sampler_is_refused_per_token_naming_the_key(tmp_path, tiny
     assert not (tmp_path / "s").exists()
 
 
-def test_lp_ft_is_refused_clearly(tmp_path, tiny_bert, ner_folder):
-    warm = ner_recipe(tmp_path / "w.yaml", tiny_bert, ner_folder, tmp_path / "w", strategy={"warmup_head_epochs": 1})
-    with pytest.raises(StrategyError, match="token classification has no such warm-up yet"):
-        train(load_recipe(warm))
+def test_lp_ft_is_refused_for_a_token_model_without_a_classifier(tiny_bert, ner_folder, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from hf_transfer.strategies import check_strategy
+
+    recipe = load_recipe(ner_recipe(tmp_path / "w.yaml", tiny_bert, ner_folder, tmp_path / "w"))
+    recipe.strategy.warmup_head_epochs = 1
+    model = AutoModelForTokenClassification.from_pretrained(tiny_bert, num_labels=3)
+    task = task_for("token-classification")
+    check_strategy(model, recipe, task)  # BERT's token classifier warms up
+    model.score = model.classifier  # the name some architectures give their head
+    del model.classifier
+    with pytest.raises(StrategyError, match=r"strategy.warmup_head_epochs trains the model's `classifier` on cached"):
+        check_strategy(model, recipe, task)
 
 
 # -- alignment and metrics --------------------------------------------------------------------------------------------
@@ -327,6 +337,54 @@ def test_partial_with_llrd_and_gradual_unfreezing_trains(runs, tiny_bert):
     assert not torch.equal(
         saved["bert.encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"]
     )
+
+
+HEAD_OF = {
+    "full": {"classifier.weight", "classifier.bias"},
+    # LoRA: PEFT's trainable copy of the classifier (modules_to_save); the original and the adapters stay.
+    "lora": {f"base_model.model.classifier.modules_to_save.default.{p}" for p in ("weight", "bias")},
+}
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_lp_ft_warms_the_token_classifier_on_cached_states_then_fine_tunes(
+    kind, runs, tiny_bert, ner_folder, tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from hf_transfer import strategies
+    from hf_transfer.inference import load_run, predict_inputs
+
+    snapshots = []
+    real_warm_up = strategies.warm_up_head
+
+    def watched(accelerator, model, *args):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        real_warm_up(accelerator, model, *args)
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    monkeypatch.setattr(strategies, "warm_up_head", watched)
+    caplog.set_level(logging.INFO, logger="hf_transfer")
+    # The head run's cache: the warm-up reads the same per-token states instead of running the backbone again.
+    cache = yaml.safe_load((runs["head"] / "recipe.yaml").read_text())["strategy"]["feature_cache"]
+    strategy = {"kind": kind, "warmup_head_epochs": 3, "warmup_head_lr": 5e-2, "feature_cache": cache}
+    strategy.update({"r": 4} if kind == "lora" else {})
+    recipe = ner_recipe(tmp_path / "r.yaml", tiny_bert, ner_folder, tmp_path / kind, strategy=strategy)
+    out = train(load_recipe(recipe))
+
+    before, after = snapshots
+    assert {name for name in before if not torch.equal(before[name], after[name])} == HEAD_OF[kind]
+    assert "feature cache hit: split 'train'" in caplog.text and "head warm-up: 3 epochs" in caplog.text
+    # Then the fine-tuning proper: the backbone trains from there, and the folder is a working token classifier.
+    saved, base = load_file(str(out / "model.safetensors")), load_file(str(tiny_bert / "model.safetensors"))
+    assert not torch.equal(
+        saved["bert.encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["f1"] > 0.8
+    assert json.loads((out / "run.json").read_text())["task"] == "token-classification"
+    found = predict_inputs(load_run(out), SENTENCES[:1])
+    assert _spans(found[0]["entities"]) == [("PER", 0, 10), ("LOC", 19, 24)]
 
 
 def test_per_token_class_weights_are_the_weighted_cross_entropy_by_hand():

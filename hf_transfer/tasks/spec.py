@@ -53,6 +53,10 @@ class FeatureExtractor:
     """(features, encoded split) -> the head's dataset (None: one `features` + `labels` row per example)."""
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     """How the head's rows are batched (None: stacked)."""
+    warmup_head: Callable[[Any], Any] | None = None
+    """model -> its own head as a module of cached features whatever else trains, for LP-FT's warm-up
+    (`strategy.warmup_head_epochs`); raises StrategyError naming the key when this model's head cannot train that
+    way. None: the task has no warm-up (`Task.warmup_refusal` says why)."""
 
 
 @dataclass(frozen=True)
@@ -104,4 +108,5 @@ class Task:
     per_class_loss: bool = False
     """The loss is a cross-entropy over classes, per row or per token: `training.class_weights` apply."""
     warmup_refusal: str | None = None
-    """Why LP-FT (`strategy.warmup_head_epochs`) cannot run on this task's models, if it cannot."""
+    """Why LP-FT (`strategy.warmup_head_epochs`) cannot run on this task's models, when its features have no
+    `warmup_head`."""

@@ -33,7 +33,7 @@ from ..data import (
     stratified_split,
 )
 from ..errors import DataError, RecipeError
-from ..features import extract_features, pooled_feature_head, text_digest, tokenizer_digest
+from ..features import extract_features, pooled_feature_head, pooled_warmup_head, text_digest, tokenizer_digest
 from ..pooled import pooled_model_class
 from ..recipe import Recipe
 from ..sources import BBC_NEWS, Resolved, check_safetensors, load_function
@@ -512,7 +512,11 @@ def format_result(text: str, result: dict[str, Any]) -> str:
 
 
 TEXT_FEATURES = FeatureExtractor(
-    extract=extract_features, cache_key=_feature_key, content_digest=text_digest, head=pooled_feature_head
+    extract=extract_features,
+    cache_key=_feature_key,
+    content_digest=text_digest,
+    head=pooled_feature_head,
+    warmup_head=pooled_warmup_head,
 )
 _SHARED: dict[str, Any] = dict(
     pipeline_tag="text-classification",

@@ -29,6 +29,7 @@ from ..token_features import (
     labelled_tokens,
     token_feature_head,
     token_rows,
+    token_warmup_head,
 )
 from .classes import softmax_scores
 from .spec import Encoded, FeatureExtractor, Task
@@ -368,6 +369,7 @@ TOKEN_CLASSIFICATION = Task(
         vectors=labelled_tokens,
         head_rows=token_rows,
         collate=collate_token_rows,
+        warmup_head=token_warmup_head,
     ),
     load_for_inference=load_for_inference,
     predict=predict_entities,
@@ -375,8 +377,4 @@ TOKEN_CLASSIFICATION = Task(
     format_result=format_result,
     card=TOKEN_CARD,
     per_class_loss=True,
-    warmup_refusal=(
-        "strategy.warmup_head_epochs (LP-FT) trains a head on pooled sentence features; token classification has "
-        "no such warm-up yet: train kind 'head' first, or leave warmup_head_epochs out"
-    ),
 )
