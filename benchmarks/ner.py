@@ -18,6 +18,7 @@ from typing import Any
 from sst2_strategies import child_env, machine, run_child
 
 from hf_transfer.recipe import Recipe, load_recipe
+from hf_transfer.strategies import DEFAULT_LORA_R
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -42,8 +43,10 @@ def peer_arguments(recipe: Recipe) -> list[str]:
             raise SystemExit(f"the Trainer peer only supports {key} = {expected!r}; the recipe has {value!r}")
     arguments = [f"--strategy={s.kind}", f"--epochs={t.epochs}", f"--lr={t.lr}", f"--warmup={t.warmup}"]
     arguments += [f"--weight-decay={t.weight_decay}", f"--batch-size={t.batch_size}", f"--seed={t.seed}"]
-    arguments += [f"--max-length={recipe.data.max_length}", f"--lora-r={s.r}", f"--lora-alpha={s.alpha or 2 * s.r}"]
-    arguments += [f"--lora-dropout={s.dropout}"]
+    arguments.append(f"--max-length={recipe.data.max_length}")
+    if s.kind == "lora":  # the recipe's adapter; hf_transfer's defaults where it leaves r or alpha out
+        r = s.r or DEFAULT_LORA_R
+        arguments += [f"--lora-r={r}", f"--lora-alpha={s.alpha or 2 * r}", f"--lora-dropout={s.dropout}"]
     if t.max_train_samples:
         arguments.append(f"--max-train-samples={t.max_train_samples}")
     if t.max_eval_samples:
@@ -115,7 +118,10 @@ def accuracy(
     order = [(seeds[0], s, r) for s in STRATEGIES for r in ("ours", "trainer")]
     order += [(seed, s, "ours") for seed in seeds[1:] for s in STRATEGIES]
     order += [(seed, s, "trainer") for seed in seeds[1:] for s in ("full", "lora")]
+    done = {(row["seed"], row["strategy"], row["runner"]) for row in rows}  # --resume: runs already recorded
     for seed, strategy, runner in [item for item in order if item[2] in runners and item[1] in strategies]:
+        if (seed, strategy, runner) in done:
+            continue
         expected = took.get((runner, strategy), 0.0)
         if time.time() + expected > deadline:
             report.setdefault("not_run", []).append(f"{runner} {strategy} seed {seed} (budget)")
@@ -158,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ner-bench"))
     parser.add_argument("--json", type=Path, default=BENCHMARKS / "results" / "ner_conll2003.json")
+    parser.add_argument("--resume", action="store_true", help="keep the accuracy runs --json already records")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -167,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: v for k, v in SETTINGS.items()},
         "bert_base_test_f1": BERT_BASE_F1,
     }
+    if args.resume and args.json.is_file():
+        earlier = json.loads(args.json.read_text(encoding="utf-8"))
+        report["accuracy_runs"] = earlier.get("accuracy_runs", [])
+        report["resumed_from"] = earlier.get("command")
 
     def save() -> None:
         report["summary"] = summary(report)

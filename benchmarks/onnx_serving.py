@@ -1,13 +1,15 @@
 """Serving on a CPU: `hf-transfer predict --file` with each runtime (torch, ONNX fp32, ONNX int8) against the
-transformers `pipeline(..., batch_size=32)` a user would write, on SST-2 test (texts/s, accuracy) and ants/bees val
-(images/s, accuracy); and the local Space's latency (p50/p95 of single requests through gradio_client), torch vs int8.
+transformers `pipeline(..., batch_size=32)` a user would write, on SST-2 test (texts/s, accuracy), CoNLL-2003 test
+(sentences/s, entity F1 from `hf-transfer evaluate --runtime`) and ants/bees val (images/s, accuracy); and the local
+Space's latency (p50/p95 of single requests), torch vs int8: through gradio_client, and through Gradio's own queue
+protocol as the page's JavaScript client speaks it (join, then the event stream), timed to the answer.
 
 Every figure is a whole command as a user runs it (interpreter start, model load and all), in alternating repeats so
 a change in the machine's load spreads over every runtime; medians are reported. Output folders are copied into the
 work folder (the originals are never touched) and exported there with `hf-transfer export --int8` when they have no
 export yet; without a folder, one is trained from the shipped recipe.
 
-    python benchmarks/onnx_serving.py --sst2 OUTPUT_DIR --ants OUTPUT_DIR --baseline-ref be72cfe \\
+    python benchmarks/onnx_serving.py --sst2 OUTPUT_DIR --ants OUTPUT_DIR --conll OUTPUT_DIR --baseline-ref be72cfe \\
         --json benchmarks/results/onnx_serving.json --markdown onnx_serving.md
 """
 
@@ -17,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +38,25 @@ from sst2_strategies import ROOT, child_env, machine  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 SST2_TEST = SHARED / "sst2" / "test.tsv"
 ANTS_VAL = SHARED / "hymenoptera_data" / "val"
+CONLL_TEST = SHARED / "conll2003" / "test.jsonl"
+ENTITY = re.compile(r"""(\S+) (?:'[^']*'|"[^"]*") (\d+-\d+) \d+\.\d+""")
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 PIPELINE = """
 import sys
 from transformers import pipeline
 task, folder, inputs = sys.argv[1:4]
 values = [line.strip() for line in open(inputs, encoding="utf-8") if line.strip()]
+if task == "token-classification":
+    tagger = pipeline(task, model=folder, aggregation_strategy="first", batch_size=32)
+    for entities in tagger(values):
+        print(", ".join(f"{e['entity_group']} {e['start']}-{e['end']}" for e in entities) or "-")
+    sys.exit()
 classifier = pipeline(task, model=folder, batch_size=32 if task == "text-classification" else 16)
 for result in classifier(values):
     print(result["label"] if isinstance(result, dict) else result[0]["label"])
 """
 """The peer: what a user of transformers writes to label a file with the saved model (default truncation off: no
-SST-2 sentence is longer than the model's 128 tokens)."""
+SST-2 sentence is longer than the model's 128 tokens, and CoNLL-2003's longest test sentence is 124 words)."""
 
 
 def run(command: list[str], env: dict[str, str], out: Path, cwd: Path = ROOT) -> tuple[float, float]:
@@ -91,6 +102,29 @@ def ants_inputs(workdir: Path) -> tuple[Path, list[str]]:
     return path, [p.parent.name for p in photos]
 
 
+def conll_inputs(workdir: Path) -> tuple[Path, None]:
+    """CoNLL-2003 test sentences as text (words joined by spaces); no per-line gold: F1 comes from `evaluate`."""
+    rows = [json.loads(line) for line in CONLL_TEST.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = workdir / "conll_test.txt"
+    path.write_text("".join(" ".join(row["tokens"]) + "\n" for row in rows), encoding="utf-8")
+    return path, None
+
+
+def entity_scores(folder: Path, workdir: Path, env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Entity F1 / precision / recall on the test split per runtime, from `hf-transfer evaluate` (not timed)."""
+    scores = {}
+    for runtime in RUNTIMES:
+        out = workdir / f"{folder.name}-evaluate-{runtime}.json"
+        run(
+            [sys.executable, "-m", "hf_transfer", "evaluate", str(folder), "--split", "test", "--runtime", runtime],
+            env,
+            out,
+        )
+        found = json.loads(out.read_text(encoding="utf-8"))
+        scores[runtime] = {key: found[key] for key in ("f1", "precision", "recall", "accuracy")}
+    return scores
+
+
 def commands(task: str, folder: Path, inputs: Path, baseline: Path | None) -> dict[str, tuple[list[str], str]]:
     """name -> (command, how its output names the label: `predict` lines or the peer's one label per line)."""
     predict = [sys.executable, "-m", "hf_transfer", "predict", str(folder), "--file", str(inputs)]
@@ -105,15 +139,17 @@ def throughput(
     task: str,
     folder: Path,
     inputs: Path,
-    gold: list[str],
+    gold: list[str] | None,
     workdir: Path,
     env: dict[str, str],
     repeats: int,
     baseline: Path | None,
 ) -> dict[str, Any]:
-    """Each command over the whole file, round-robin within each repeat; medians of inputs/s, accuracy per command."""
+    """Each command over the whole file, round-robin within each repeat; medians of inputs/s, accuracy per command
+    (when `gold` labels the lines; entity tagging is scored by `entity_scores` instead)."""
     runs: dict[str, list[dict[str, float]]] = {}
     labels: dict[str, list[str]] = {}
+    lines_in = len(inputs.read_text(encoding="utf-8").splitlines())
     for repeat in range(repeats):
         for name, (command, kind) in commands(task, folder, inputs, baseline).items():
             # `python -m` puts the working folder ahead of PYTHONPATH on sys.path: run the old code from its own.
@@ -121,12 +157,12 @@ def throughput(
             out = workdir / f"{folder.name}-{name.replace(', ', '-')}-{repeat}.out"
             seconds, peak = run(command, {**env, "PYTHONPATH": str(source)}, out, cwd=source)
             lines = out.read_text(encoding="utf-8").splitlines()
-            labels[name] = [line.split("\t", 1)[0] for line in lines] if kind == "predict" else lines
-            if len(labels[name]) != len(gold):
-                raise RuntimeError(f"{name}: {len(labels[name])} answers for {len(gold)} inputs ({out})")
-            accuracy = sum(a == b for a, b in zip(labels[name], gold, strict=True)) / len(gold)
+            labels[name] = [answer_of(line, task) for line in lines] if kind == "predict" else lines
+            if len(labels[name]) != lines_in:
+                raise RuntimeError(f"{name}: {len(labels[name])} answers for {lines_in} inputs ({out})")
+            accuracy = sum(a == b for a, b in zip(labels[name], gold, strict=True)) / len(gold) if gold else None
             runs.setdefault(name, []).append(
-                {"s": seconds, "per_s": len(gold) / seconds, "rss_mb": peak, "acc": accuracy}
+                {"s": seconds, "per_s": lines_in / seconds, "rss_mb": peak, "acc": accuracy}
             )
     report = {
         name: {
@@ -139,7 +175,16 @@ def throughput(
         for name, rows in runs.items()
     }
     flips = sum(a != b for a, b in zip(labels["onnx"], labels["onnx-int8"], strict=True))
-    return {"inputs": len(gold), "runtimes": report, "int8_label_changes_vs_fp32": flips}
+    return {"inputs": lines_in, "runtimes": report, "int8_label_changes_vs_fp32": flips}
+
+
+def answer_of(line: str, task: str) -> str:
+    """What a `predict` line answers: the label, or for entities their types and character spans (no scores)."""
+    answer = line.split("\t", 1)[0]
+    if task != "token-classification" or answer == "-":
+        return answer
+    # `TYPE 'words' start-end score, ...` (the words as Python's repr quotes them): TYPE and start-end of each
+    return ", ".join(f"{kind} {span}" for kind, span in ENTITY.findall(answer))
 
 
 def _free_port() -> int:
@@ -148,11 +193,33 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def protocol_request(http: Any, url: str, fn_index: int, text: str) -> float:
+    """One request as the Space's page sends it: join Gradio's queue, then read the event stream until the answer
+    arrives; seconds. (gradio_client waits for messages in 50 ms sleeps, which this measures without.)"""
+    session = uuid.uuid4().hex[:12]
+    started = time.perf_counter()
+    payload = {"data": [text], "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    http.post(f"{url}gradio_api/queue/join", json=payload).raise_for_status()
+    with http.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                return time.perf_counter() - started
+    raise RuntimeError(f"{url}: the event stream ended without an answer")
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    seconds = sorted(seconds)
+    return {"p50": statistics.median(seconds), "p95": seconds[int(0.95 * (len(seconds) - 1))]}
+
+
 def space_latency(folder: Path, texts: list[str], workdir: Path, env: dict[str, str], repeats: int) -> dict:
-    """p50/p95 of single requests through gradio_client against `hf-transfer demo`, torch vs int8, alternating."""
+    """p50/p95 of single requests against `hf-transfer demo`, torch vs int8, alternating: through gradio_client, and
+    through the queue protocol the page itself speaks (`protocol_request`)."""
+    import httpx
     from gradio_client import Client
 
-    servers, clients = {}, {}
+    servers, clients, urls = {}, {}, {}
+    http = httpx.Client(timeout=60)
     try:
         for runtime in ("torch", "onnx-int8"):
             port = _free_port()
@@ -170,9 +237,14 @@ def space_latency(folder: Path, texts: list[str], workdir: Path, env: dict[str, 
                 except OSError:
                     time.sleep(0.5)
             clients[runtime] = Client(url, verbose=False)
+            config = json.loads(urllib.request.urlopen(url + "config").read())
+            fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "predict")
+            urls[runtime] = (url, fn_index)
             for text in texts[:3]:  # warm-up
                 clients[runtime].predict(text, api_name="/predict")
+                protocol_request(http, url, fn_index, text)
         blocks: dict[str, list[dict[str, float]]] = {runtime: [] for runtime in clients}
+        protocol: dict[str, list[dict[str, float]]] = {runtime: [] for runtime in clients}
         for _ in range(repeats):
             for runtime, client in clients.items():
                 seconds = []
@@ -180,23 +252,25 @@ def space_latency(folder: Path, texts: list[str], workdir: Path, env: dict[str, 
                     started = time.perf_counter()
                     client.predict(text, api_name="/predict")
                     seconds.append(time.perf_counter() - started)
-                seconds.sort()
-                blocks[runtime].append(
-                    {"p50": statistics.median(seconds), "p95": seconds[int(0.95 * (len(seconds) - 1))]}
-                )
+                blocks[runtime].append(_percentiles(seconds))
+                protocol[runtime].append(_percentiles([protocol_request(http, *urls[runtime], t) for t in texts]))
     finally:
+        http.close()
         for process, log in servers.values():
             process.terminate()
             process.wait(timeout=30)
             log.close()
-    return {
-        runtime: {
+
+    def summary(rows: list[dict[str, float]]) -> dict[str, Any]:
+        return {
             "p50_ms": 1000 * statistics.median(b["p50"] for b in rows),
             "p95_ms": 1000 * statistics.median(b["p95"] for b in rows),
             "p50_runs_ms": [round(1000 * b["p50"], 1) for b in rows],
         }
-        for runtime, rows in blocks.items()
-    } | {"requests": len(texts)}
+
+    found: dict[str, Any] = {runtime: summary(rows) for runtime, rows in blocks.items()}
+    found["protocol"] = {runtime: summary(rows) for runtime, rows in protocol.items()}
+    return found | {"requests": len(texts)}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -207,7 +281,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['repeats']} alternating repeats, medians; each figure is a whole command (start-up included).",
         "",
     ]
-    for key, unit, metric in (("sst2", "texts/s", "accuracy"), ("ants", "images/s", "accuracy")):
+    parts = (("sst2", "texts/s", "accuracy"), ("conll", "sentences/s", "entity F1"), ("ants", "images/s", "accuracy"))
+    for key, unit, metric in parts:
         if key not in report:
             continue
         part = report[key]
@@ -221,11 +296,14 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for name, row in rows.items():
             runs = ", ".join(f"{s:.1f}" for s in row["runs_s"])
+            score = row["accuracy"] if "entity_scores" not in part else part["entity_scores"].get(name, {}).get("f1")
+            shown = f"{score:.4f}" if score is not None else "(the torch weights)"
             lines.append(
                 f"| {name} | {row['per_s']:.1f} | {row['per_s'] / peer:.2f}× | {row['s']:.1f} ({runs}) | "
-                f"{row['peak_rss_mb']:.0f} | {row['accuracy']:.4f} |"
+                f"{row['peak_rss_mb']:.0f} | {shown} |"
             )
-        lines += ["", f"int8 labels that differ from fp32 ONNX: {part['int8_label_changes_vs_fp32']}", ""]
+        changed = "sentences whose entities" if key == "conll" else "labels that"
+        lines += ["", f"int8 {changed} differ from fp32 ONNX: {part['int8_label_changes_vs_fp32']}", ""]
     if "space" in report:
         space = report["space"]
         lines += [
@@ -237,6 +315,12 @@ def markdown(report: dict[str, Any]) -> str:
         for runtime in ("torch", "onnx-int8"):
             row = space[runtime]
             lines.append(f"| {runtime} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p50_runs_ms']} |")
+        for runtime in ("torch", "onnx-int8") if "protocol" in space else ():
+            row = space["protocol"][runtime]
+            lines.append(
+                f"| {runtime}, the page's protocol | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                f"{row['p50_runs_ms']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -244,10 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sst2", type=Path, help="an SST-2 `full` output folder (default: train sst2-minilm-full)")
     parser.add_argument("--ants", type=Path, help="an ants/bees output folder (default: train ants-bees-effnet-head)")
+    parser.add_argument("--conll", type=Path, help="a CoNLL-2003 output folder (default: train conll2003-minilm-full)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=50, help="single Space requests per runtime and repeat")
     parser.add_argument("--baseline-ref", help="also time `predict` as of this git commit (`torch, before`)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "ants", "space"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "conll", "ants", "space"])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -274,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
         if "space" not in args.skip:
             texts = inputs.read_text(encoding="utf-8").splitlines()[: args.requests]
             report["space"] = space_latency(sst2, texts, workdir, env, args.repeats)
+    if "conll" not in args.skip:
+        conll, export_s = prepare(args.conll, "conll2003-minilm-full.yaml", workdir, "conll", env)
+        inputs, _ = conll_inputs(workdir)
+        # No `torch, before` here: token classification landed after the ONNX baseline commit.
+        part = throughput("token-classification", conll, inputs, None, workdir, env, args.repeats, None)
+        report["conll"] = {**part, "export_s": export_s, "entity_scores": entity_scores(conll, workdir, env)}
     if "ants" not in args.skip:
         ants, export_s = prepare(args.ants, "ants-bees-effnet-head.yaml", workdir, "ants", env)
         inputs, gold = ants_inputs(workdir)

@@ -3,7 +3,8 @@
 Owns the `onnx/` folder as a reader: its manifest (written by `onnx_export.py`), the check that the export still
 matches the weights it came from, which runtime to use, and the ONNX model that stands in for the torch one: called
 with the same tensors, it returns an object whose `.logits` is a torch tensor, so each task's `predict` and `scores`
-run unchanged."""
+run unchanged. The int8 model is guarded: a row whose int8 answer is closer to another answer than int8's error
+measured at export (`guard.margin`) is answered again by the fp32 graph, so int8 keeps fp32's labels."""
 
 from __future__ import annotations
 
@@ -97,11 +98,58 @@ def choose_runtime(folder: RunFolder, requested: str | None = None) -> str:
 _NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
 
+def _real_positions(logits: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+    """[rows, positions] of the positions that hold a token (per-token logits), or [rows, 1] of True."""
+    if logits.ndim == 2:
+        return np.ones((len(logits), 1), dtype=bool)
+    if attention_mask is None or attention_mask.shape != logits.shape[:2]:
+        return np.ones(logits.shape[:2], dtype=bool)
+    return np.asarray(attention_mask, dtype=bool)
+
+
+def answer_margins(logits: np.ndarray, multi_label: bool) -> np.ndarray | None:
+    """How far each answer (each row's, or each token's) is from changing: the top logit minus the runner-up (which
+    class wins), or for multi-label the smallest |logit| (which side of 0.5 each label's sigmoid falls). None when
+    there are no classes to change (one output: regression)."""
+    if logits.shape[-1] < 2:
+        return None
+    if multi_label:
+        return np.abs(logits).min(-1)
+    top_two = np.partition(logits, -2, axis=-1)[..., -2:]
+    return top_two[..., 1] - top_two[..., 0]
+
+
+def answer_errors(got: np.ndarray, expected: np.ndarray, multi_label: bool) -> np.ndarray:
+    """How much a margin of `answer_margins` can move from `expected` to `got`, per answer: for one class against
+    another, the spread of the logit errors (max - min over classes); for multi-label, the largest |logit error|."""
+    error = got - expected
+    return np.abs(error).max(-1) if multi_label else error.max(-1) - error.min(-1)
+
+
+def rows_to_recheck(logits: np.ndarray, attention_mask: np.ndarray | None, margin: float, multi_label: bool):
+    """Rows with any answer (any real token's, for per-token logits) within `margin` of changing: the rows the guard
+    answers again in fp32. None when nothing can change (regression)."""
+    margins = answer_margins(logits, multi_label)
+    if margins is None:
+        return None
+    margins = margins.reshape(len(logits), -1)
+    return np.where(_real_positions(logits, attention_mask), margins, np.inf).min(-1) < margin
+
+
 class OnnxModel(torch.nn.Module):
     """An ONNX Runtime session in the torch model's place: the same keyword tensors in, `.logits` (torch) out, and the
     model's `config`. A torch module only so Accelerate and transformers pipelines take it; it holds no weights."""
 
-    def __init__(self, path: Path, config: Any, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: Any,
+        threads: int | None = None,
+        fallback: OnnxModel | None = None,
+        margin: float = 0.0,
+    ) -> None:
+        """`fallback` (the fp32 model, for an int8 one) answers again every row `rows_to_recheck` finds within
+        `margin` of another answer."""
         super().__init__()
         try:
             import onnxruntime
@@ -116,6 +164,10 @@ class OnnxModel(torch.nn.Module):
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.config = config
         self.path = path
+        self.fallback, self.margin = fallback, margin
+        self.multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+        self.rechecked = 0
+        """Rows the fallback answered so far."""
         self.input_types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
 
     @property
@@ -142,13 +194,27 @@ class OnnxModel(torch.nn.Module):
             for dtype in [self.input_types[name]]
         }
         (logits,) = self.session.run(["logits"], feed)
+        if self.fallback is not None:
+            again = rows_to_recheck(logits, feed.get("attention_mask"), self.margin, self.multi_label)
+            if again is not None and again.any():
+                (logits[again],) = self.fallback.session.run(["logits"], {k: v[again] for k, v in feed.items()})
+                self.rechecked += int(again.sum())
         # Only `logits` is read downstream; the transformers output class lets pipelines index it by name too.
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
 def load_onnx_model(folder: RunFolder, runtime: str, config: Any) -> OnnxModel:
-    """The ONNX model of a runtime `choose_runtime` returned (its files already checked against the manifest)."""
-    path = folder.file(f"{ONNX_DIR}/{VARIANT_FILES[runtime]}")
-    if path is None:
-        raise ExportError(f"{folder.path}/{ONNX_DIR}/{VARIANT_FILES[runtime]} is missing")
-    return OnnxModel(path, config)
+    """The ONNX model of a runtime `choose_runtime` returned (its files already checked against the manifest), with
+    its guard when the export recorded one (the fp32 graph and the margin below which it answers again)."""
+
+    def variant_model(name: str) -> OnnxModel:
+        path = folder.file(f"{ONNX_DIR}/{VARIANT_FILES[name]}")
+        if path is None:
+            raise ExportError(f"{folder.path}/{ONNX_DIR}/{VARIANT_FILES[name]} is missing")
+        return OnnxModel(path, config)
+
+    guard = ((folder.json(f"{ONNX_DIR}/{MANIFEST}") or {}).get("variants", {}).get(runtime) or {}).get("guard")
+    model = variant_model(runtime)
+    if guard:
+        model.fallback, model.margin = variant_model(guard["fallback"]), float(guard["margin"])
+    return model

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import gradio as gr
+import numpy as np
 import torch
 from transformers import AutoConfig, PreTrainedConfig, pipeline
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -168,10 +169,21 @@ def weights_match(model_id: str, weights: dict) -> bool:
     return matched
 
 
-def onnx_file(model_id: str) -> str | None:
-    """The ONNX model to serve, or None (then transformers serves the weights): onnxruntime is installed, the repo's
-    `onnx/manifest.json` was made from exactly these weights, the file is the one exported (sha256), and, unless
-    RUNTIME names it, its parity check against PyTorch passed at export."""
+def verified_variant(model_id: str, manifest: dict, runtime: str) -> str | None:
+    """The local path of the manifest's `runtime` file when it is the file exported (sha256), else None."""
+    variant = (manifest.get("variants") or {}).get(runtime) or {}
+    name = str(variant.get("file") or "")
+    if not name or Path(name).name != name:
+        return None
+    path = find_file(model_id, f"onnx/{name}")
+    return path if path and sha256_of(path) == variant.get("sha256") else None
+
+
+def onnx_file(model_id: str) -> tuple[str, dict | None] | None:
+    """The ONNX model to serve and its guard (the fp32 file and margin below which an int8 answer is checked again,
+    when the export recorded one), or None (then transformers serves the weights): onnxruntime is installed, the
+    repo's `onnx/manifest.json` was made from exactly these weights, the files are the ones exported (sha256), and,
+    unless RUNTIME names it, its parity check against PyTorch passed at export."""
     if RUNTIME == "torch":
         return None
     try:
@@ -187,12 +199,16 @@ def onnx_file(model_id: str) -> str | None:
         return None
     for runtime in [RUNTIME] if RUNTIME in ONNX_FASTEST_FIRST else ONNX_FASTEST_FIRST:
         variant = (manifest.get("variants") or {}).get(runtime) or {}
-        name = str(variant.get("file") or "")
-        if not name or Path(name).name != name or (RUNTIME == "auto" and not variant.get("parity", {}).get("passed")):
+        if RUNTIME == "auto" and not variant.get("parity", {}).get("passed"):
             continue
-        path = find_file(model_id, f"onnx/{name}")
-        if path and sha256_of(path) == variant.get("sha256"):
-            return path
+        path = verified_variant(model_id, manifest, runtime)
+        guard = variant.get("guard")
+        if guard:
+            fallback = verified_variant(model_id, manifest, str(guard.get("fallback")))
+            guard = {"path": fallback, "margin": float(guard.get("margin", 0.0))} if fallback else None
+            path = path if guard else None  # int8 without the fp32 answers it was checked with is not served
+        if path:
+            return path, guard
     return None
 
 
@@ -200,7 +216,7 @@ class OnnxModel(torch.nn.Module):
     """An ONNX Runtime session in the transformers model's place: the pipeline passes it the same tensors and reads
     `logits`, so the task's I/O module runs unchanged."""
 
-    def __init__(self, path: str, config: PreTrainedConfig) -> None:
+    def __init__(self, path: str, config: PreTrainedConfig, guard: dict | None = None) -> None:
         import onnxruntime
 
         super().__init__()
@@ -210,6 +226,9 @@ class OnnxModel(torch.nn.Module):
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.names = {node.name for node in self.session.get_inputs()}
         self.config = config
+        self.fallback = OnnxModel(guard["path"], config) if guard else None
+        self.margin = guard["margin"] if guard else 0.0
+        self.multi_label = config.problem_type == "multi_label_classification"
 
     @property
     def device(self) -> torch.device:
@@ -225,6 +244,21 @@ class OnnxModel(torch.nn.Module):
     def forward(self, **inputs: Any) -> SequenceClassifierOutput:
         feed = {name: value.numpy() for name, value in inputs.items() if name in self.names}
         (logits,) = self.session.run(["logits"], feed)
+        if self.fallback is not None and logits.shape[-1] > 1:
+            # The guard (hf_transfer's runtimes.py): an answer closer to another than int8's error at export is
+            # answered again by the fp32 graph, so int8 keeps fp32's labels.
+            if self.multi_label:
+                margins = np.abs(logits).min(-1)
+            else:
+                top_two = np.partition(logits, -2, axis=-1)[..., -2:]
+                margins = top_two[..., 1] - top_two[..., 0]
+            if margins.ndim == 2:  # per token: the closest real token of each row
+                mask = feed.get("attention_mask")
+                real = mask.astype(bool) if mask is not None and mask.shape == margins.shape else True
+                margins = np.where(real, margins, np.inf).min(-1)
+            again = margins < self.margin
+            if again.any():
+                (logits[again],) = self.fallback.session.run(["logits"], {k: v[again] for k, v in feed.items()})
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
@@ -236,11 +270,12 @@ def load_classifier(model_id: str, config: dict, task_io: ModuleType) -> tuple[A
     served = onnx_file(model_id)
     # An adapter repo without its own preprocessor would need the base model's: transformers serves it then.
     if served and (not adapter or any(find_file(model_id, name) for name in PREPROCESSOR_FILES)):
+        path, guard = served
         parsed = AutoConfig.from_pretrained(model_id)
         # Named after the architecture it was exported from: pipelines log an error for a class they do not know.
         architecture = (parsed.architectures or ["OnnxModel"])[0]
-        model = type(architecture, (OnnxModel,), {})(served, parsed)
-        return pipeline(task, model=model, **task_io.load_processor(model_id)), f"ONNX Runtime ({Path(served).name})"
+        model = type(architecture, (OnnxModel,), {})(path, parsed, guard)
+        return pipeline(task, model=model, **task_io.load_processor(model_id)), f"ONNX Runtime ({Path(path).name})"
     if RUNTIME in ONNX_FASTEST_FIRST:
         print(f"{MODEL_NAME}: no verified {RUNTIME} export (or no onnxruntime); serving the weights with transformers")
     if not adapter:

@@ -8,12 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
     HYMENOPTERA,
     ROOT,
+    SHARED_DATA,
+    minilm_path,
     needs_hymenoptera,
+    needs_shared_data,
     python_env,
     recipe_yaml,
     save_tiny_vision_model,
@@ -28,6 +32,7 @@ from hf_transfer.errors import ExportError  # noqa: E402
 from hf_transfer.inference import evaluate_run, load_run, predict_inputs  # noqa: E402
 from hf_transfer.onnx_export import export  # noqa: E402
 from hf_transfer.recipe import load_recipe, recipe_from_dict  # noqa: E402
+from hf_transfer.runtimes import OnnxModel, answer_errors, answer_margins, rows_to_recheck  # noqa: E402
 from hf_transfer.train import train  # noqa: E402
 
 TEXTS = [
@@ -106,6 +111,86 @@ def test_int8_is_quantised_is_the_default_runtime_and_keeps_the_labels(exported,
     assert main(["evaluate", str(exported), "--runtime", "onnx"]) == 0
     onnx_scores = json.loads(capsys.readouterr().out)
     assert onnx_scores["accuracy"] == pytest.approx(evaluate_run(exported, runtime="torch")["accuracy"])
+
+
+def test_int8_answers_close_to_another_label_are_answered_again_in_fp32(exported):
+    manifest = json.loads((exported / "onnx" / "manifest.json").read_text())
+    assert manifest["calibration"] == {"source": "validation", "rows": 24}  # the recipe's validation split, encoded
+    guard = manifest["variants"]["onnx-int8"]["guard"]
+    assert guard["fallback"] == "onnx" and guard["quantile"] == 0.99 and guard["margin"] > 0
+    assert 0 <= guard["rechecked_share"] <= 1
+
+    model = load_run(exported, runtime="onnx-int8").model
+    assert model.fallback is not None and model.margin == guard["margin"]
+    batch = TEXTS * 4 + [LONG, "dull", "charming", "the film"]
+    encoded = load_run(exported, runtime="torch").preprocessor(
+        batch, truncation=True, max_length=32, padding=True, return_tensors="pt"
+    )
+    plain = OnnxModel(exported / "onnx" / "model.int8.onnx", model.config)(**encoded).logits.numpy()
+    fp32 = OnnxModel(exported / "onnx" / "model.onnx", model.config)(**encoded).logits.numpy()
+    margins = answer_margins(plain, multi_label=False)
+    model.margin = float(np.median(margins))  # so that both kinds of row are in the batch
+    got = model(**encoded).logits.numpy()
+    close = margins < model.margin
+    assert 0 < close.sum() < len(batch)
+    np.testing.assert_allclose(got[close], fp32[close], atol=1e-5)
+    np.testing.assert_array_equal(got[~close], plain[~close])
+    assert (got.argmax(-1)[close] == fp32.argmax(-1)[close]).all()
+
+
+@pytest.mark.slow
+@needs_shared_data
+def test_int8_keeps_the_label_of_99_percent_of_sst2_test_sentences_on_real_minilm(tmp_path):
+    """The issue's must-hold on real weights and data: the packaged all-MiniLM-L6-v2 with an L-BFGS head on SST-2
+    (64 rows per class), exported with --int8; its labels on the 1,821 test sentences against fp32's."""
+    recipe = recipe_yaml(
+        tmp_path / "sst2.yaml",
+        minilm_path(),
+        SHARED_DATA / "sst2",
+        tmp_path / "sst2",
+        data={"text_column": "sentence", "label_names": ["negative", "positive"], "samples_per_class": 64},
+        strategy={"kind": "head", "head": {"type": "lbfgs"}},
+        training={"batch_size": 64},
+    )
+    folder = train(load_recipe(recipe))
+    manifest = export(folder, int8=True)
+    assert manifest["calibration"] == {"source": "validation", "rows": 512}
+    texts = [line.split("\t")[0] for line in (SHARED_DATA / "sst2" / "test.tsv").read_text().splitlines()[1:]]
+    assert len(texts) == 1821
+    fp32 = [r["label"] for r in predict_inputs(load_run(folder, runtime="onnx"), texts)]
+    int8_run = load_run(folder, runtime="onnx-int8")
+    int8 = [r["label"] for r in predict_inputs(int8_run, texts)]
+    changed = sum(a != b for a, b in zip(fp32, int8, strict=True))
+    assert changed <= 0.01 * len(texts), f"int8 changed {changed} of {len(texts)} labels"
+    assert int8_run.model.rechecked < 0.5 * len(texts)  # most answers stay with int8
+
+
+def test_the_guard_reads_per_token_answers_of_real_tokens_only_and_skips_regression():
+    logits = np.zeros((2, 3, 3), dtype=np.float32)
+    logits[:, :, 0] = 5.0  # every token sure of class 0 ...
+    logits[0, 2] = [1.0, 0.9, 0.0]  # ... but row 0's last position, which is padding
+    logits[1, 1] = [1.0, 0.95, 0.0]  # ... and row 1's middle token, which is real
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    assert rows_to_recheck(logits, mask, 0.5, multi_label=False).tolist() == [False, True]
+    assert rows_to_recheck(logits, None, 0.5, multi_label=False).tolist() == [True, True]
+    labels = np.array([[3.0, -0.2], [2.0, -4.0]])  # multi-label: a sigmoid near 0.5 is close to flipping
+    assert answer_margins(labels, multi_label=True).tolist() == pytest.approx([0.2, 2.0])
+    assert rows_to_recheck(labels, None, 0.5, multi_label=True).tolist() == [True, False]
+    assert rows_to_recheck(np.array([[0.3], [7.0]]), None, 0.5, multi_label=False) is None
+    errors = answer_errors(np.array([[1.0, 2.0, 0.0]]), np.array([[1.5, 1.0, 0.0]]), multi_label=False)
+    assert errors.tolist() == [1.5]  # class 1 gained 1.0 on class 0, which lost 0.5
+
+
+def test_without_its_data_the_export_calibrates_on_the_examples_and_says_why(tmp_path, trained):
+    folder = tmp_path / "moved"
+    shutil.copytree(trained, folder)
+    recipe = (folder / "recipe.yaml").read_text()
+    source = load_recipe(folder / "recipe.yaml").data.source
+    (folder / "recipe.yaml").write_text(recipe.replace(source, str(tmp_path / "gone")))
+    manifest = export(folder, int8=True)
+    assert manifest["calibration"]["source"] == "examples"
+    assert str(tmp_path / "gone") in manifest["calibration"]["reason"]
+    assert manifest["variants"]["onnx-int8"]["guard"]["margin"] > 0  # from the examples' answers
 
 
 def test_a_folder_without_onnx_behaves_as_before_and_asking_for_onnx_says_how(trained, capsys):
@@ -361,10 +446,11 @@ def test_the_rendered_app_checks_the_export_itself_without_hf_transfer(exported,
         (app / name).write_bytes(content)
     script = (
         "import json, runpy, sys; sys.modules['hf_transfer'] = None; app = runpy.run_path('app.py'); "
-        "print(json.dumps([app['SERVED_BY'], app['predict']('a superb film')]))"
+        "model = app['CLASSIFIER'].model; "
+        f"print(json.dumps([app['SERVED_BY'], [app['predict'](t) for t in {TEXTS!r}], getattr(model, 'margin', 0)]))"
     )
 
-    def served_by(**env) -> str:
+    def serve(**env) -> list:
         result = subprocess.run(
             [sys.executable, "-c", script],
             cwd=app,
@@ -374,11 +460,35 @@ def test_the_rendered_app_checks_the_export_itself_without_hf_transfer(exported,
             env={**python_env(), "MODEL_ID": str(folder), **env},
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        return json.loads(result.stdout.splitlines()[-1])[0]
+        return json.loads(result.stdout.splitlines()[-1])
 
-    assert served_by() == "ONNX Runtime (model.int8.onnx)"
-    assert served_by(RUNTIME="onnx") == "ONNX Runtime (model.onnx)"
+    def served_by(**env) -> str:
+        return serve(**env)[0]
+
+    manifest_path = folder / "onnx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    served, int8_answers, margin = serve()
+    assert (
+        served == "ONNX Runtime (model.int8.onnx)" and margin == manifest["variants"]["onnx-int8"]["guard"]["margin"]
+    )
+    guarded = load_run(folder, runtime="onnx-int8")
+    for answer, text in zip(int8_answers, TEXTS, strict=True):  # one by one: int8 scales activations per batch
+        assert answer == pytest.approx(predict_inputs(guarded, [text])[0]["scores"], abs=1e-5)
+    served, fp32_answers, _ = serve(RUNTIME="onnx")
+    assert served == "ONNX Runtime (model.onnx)"
+    # The app's own guard: with a margin no answer clears, every int8 answer is fp32's.
+    manifest["variants"]["onnx-int8"]["guard"]["margin"] = 1e9
+    manifest_path.write_text(json.dumps(manifest))
+    served, answers, _ = serve()
+    assert served == "ONNX Runtime (model.int8.onnx)"
+    for answer, expected in zip(answers, fp32_answers, strict=True):
+        assert answer == pytest.approx(expected, abs=1e-5)
     assert served_by(RUNTIME="torch") == "transformers"
+    onnx_file = folder / "onnx" / "model.onnx"
+    original = onnx_file.read_bytes()
+    onnx_file.write_bytes(original + b"\0")  # the fp32 graph the guard falls back on is not the one exported
+    assert served_by() == "transformers"  # so int8 is not served unguarded, and fp32 not at all
+    onnx_file.write_bytes(original)
     (folder / "config.json").write_text((folder / "config.json").read_text().replace('"pos"', '"POS"'))
     assert served_by() == "transformers"  # changed after the export: the app does not trust the export
 
