@@ -72,6 +72,7 @@ def render_model_card(
         _confusion(folder, run),
         task.examples(examples),
         f"## How to use\n\n```python\n{usage}```",
+        _onnx(folder),
         f"## Strategy comparison\n\n{comparison_md.strip()}" if comparison_md else _comparison(folder),
         _training(run, metrics, recipe, public_text, task),
         _reproducibility(run),
@@ -179,6 +180,35 @@ def _confusion(folder: RunFolder, run: dict) -> str:
         return ""
     split = run.get("eval_split", "evaluation")
     return f"### Confusion matrix ({split} split)\n\n![Confusion matrix](confusion_matrix.png)"
+
+
+def _onnx(folder: RunFolder) -> str:
+    """The ONNX export `publish` pushes beside the weights (`hf-transfer export`): its files and their parity."""
+    manifest = folder.json("onnx/manifest.json")
+    variants = manifest.get("variants") or {}
+    if not variants:
+        return ""
+    rows = []
+    for variant in variants.values():
+        parity, guard = variant.get("parity") or {}, variant.get("guard")
+        how = "fp32" if variant.get("quantization") is None else "dynamic int8 weights, per channel"
+        if guard:
+            margin = f"{guard['margin']:.3g}"
+            how += f"; an answer within {margin} (logits) of another is answered again by `model.onnx`"
+        worst, kept = parity.get("max_abs_diff"), parity.get("top_class_agreement")
+        shown = [f"{worst:.2g}" if isinstance(worst, float) else "", f"{kept:.2%}" if isinstance(kept, float) else ""]
+        rows.append([f"`onnx/{variant.get('file')}`", how, *shown])
+    calibration = manifest.get("calibration") or {}
+    rows_checked = next(iter(variants.values())).get("parity", {}).get("rows")
+    on = f"{rows_checked} inputs" if rows_checked else "real inputs"
+    if calibration.get("source") == "validation":
+        on += f" ({calibration.get('rows')} rows of the validation split and the examples)"
+    return (
+        "## ONNX\n\n"
+        f"An ONNX export (opset {manifest.get('opset')}) for serving on a CPU with ONNX Runtime; the Space uses the "
+        f"fastest one whose check passed. Checked against PyTorch at export on {on}:\n\n"
+        + table(["file", "what", "largest logit difference", "top class kept"], rows)
+    )
 
 
 def _comparison(folder: RunFolder) -> str:

@@ -193,6 +193,20 @@ def test_without_its_data_the_export_calibrates_on_the_examples_and_says_why(tmp
     assert manifest["variants"]["onnx-int8"]["guard"]["margin"] > 0  # from the examples' answers
 
 
+def test_the_card_lists_the_export_with_its_parity_and_guard(exported, trained):
+    from hf_transfer.card import render_model_card
+
+    manifest = json.loads((exported / "onnx" / "manifest.json").read_text())
+    card = render_model_card(exported, repo_id="me/tiny").content
+    section = card[card.index("## ONNX") :].split("\n## ")[0]
+    int8 = manifest["variants"]["onnx-int8"]
+    assert "`onnx/model.onnx` | fp32 |" in section and "`onnx/model.int8.onnx` | dynamic int8" in section
+    assert f"within {int8['guard']['margin']:.3g} (logits)" in section
+    assert f"{int8['parity']['top_class_agreement']:.2%}" in section
+    assert "24 rows of the validation split" in section
+    assert "## ONNX" not in render_model_card(trained, repo_id="me/tiny").content
+
+
 def test_a_folder_without_onnx_behaves_as_before_and_asking_for_onnx_says_how(trained, capsys):
     run = load_run(trained)
     assert run.runtime == "torch" and type(run.model).__name__ == "BertForSequenceClassification"
