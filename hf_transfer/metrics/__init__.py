@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import evaluate
 import numpy as np
+
+if TYPE_CHECKING:
+    import evaluate
 
 _HERE = Path(__file__).parent
 IGNORED = -100
@@ -17,6 +19,10 @@ IGNORED = -100
 @functools.cache
 def load_metric(task: str) -> evaluate.EvaluationModule:
     """The evaluate module for a task, loaded from this package's files (works with no network)."""
+    # Imported here: `evaluate` brings transformers' pipelines (and torchvision, when installed) with it, seconds of
+    # start-up that `predict` never needs.
+    import evaluate
+
     if task == "text-regression":
         return evaluate.load(str(_HERE / "regression.py"))
     if task == "token-classification":

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
 
 from ..card_parts import TaskCard, always, per_class_table, table
 from ..data import LabelInfo, PreparedData, dataset_source, drop_unscored_splits, finish_splits, label_names
@@ -208,6 +208,10 @@ def _extract(accelerator: Any, model: Any, split: Dataset, processor: Any, batch
 
 def load_for_inference(folder: Path, trusted: bool) -> tuple[Any, Any]:
     """The saved image classifier and its image processor (transformers' own classes: no code of the folder's)."""
+    # Imported here: transformers' image processing imports torchvision (and with it torch._dynamo), seconds of
+    # start-up that text and token tasks never need.
+    from transformers import AutoImageProcessor
+
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=trusted, use_safetensors=True)
     return model, AutoImageProcessor.from_pretrained(folder)
 
