@@ -233,12 +233,16 @@ def _quantize(source: Path, target: Path) -> None:
 
 
 def measure_parity(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[str, Any]:
-    """How far the ONNX logits are from PyTorch's on every recorded batch, and how often the top class agrees."""
+    """How far the ONNX logits are from PyTorch's on every recorded batch, and how often the top class agrees; for
+    per-token logits, over the real tokens (a padding position answers nothing)."""
     worst, agree, rows = 0.0, 0, 0
     for tensors, expected in calls:
         got = model(**tensors).logits
         if got.shape != expected.shape:
             return {"passed": False, "reason": f"logits shape {tuple(got.shape)} != PyTorch's {tuple(expected.shape)}"}
+        mask = tensors.get("attention_mask")
+        if got.dim() == 3 and mask is not None and mask.shape == got.shape[:2]:
+            got, expected = got[mask.bool()], expected[mask.bool()]
         worst = max(worst, float((got - expected).abs().max()))
         if expected.shape[-1] > 1:
             same = got.argmax(-1) == expected.argmax(-1)
@@ -255,16 +259,16 @@ def measure_parity(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], 
 
 
 def guard_margin(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> float | None:
-    """The int8 guard's margin: `GUARD_QUANTILE` of int8's answer errors against PyTorch over every calibration
-    answer (every real token's, for per-token logits). None when no answer can change class (regression)."""
+    """The int8 guard's margin: `GUARD_QUANTILE` of int8's answer errors against PyTorch over the calibration rows.
+    None when rows have no one answer to guard (`runtimes.answer_margins`): regression, and token classification,
+    where a recheck is a whole sentence of answers (at the calibrated margin it sent 65 % of CoNLL-2003 validation
+    sentences to fp32, slower than fp32 alone, while int8 alone kept 99.996 % of their tags)."""
     errors = []
     for tensors, expected in calls:
         got = model(**tensors).logits.numpy()
         if answer_margins(got, model.multi_label) is None:
             return None
-        error = answer_errors(got, expected.numpy(), model.multi_label)
-        mask = tensors.get("attention_mask")
-        errors.append(error[mask.numpy().astype(bool)] if error.ndim == 2 and mask is not None else error.ravel())
+        errors.append(answer_errors(got, expected.numpy(), model.multi_label))
     return float(np.quantile(np.concatenate(errors), GUARD_QUANTILE))
 
 

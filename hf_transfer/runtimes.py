@@ -3,7 +3,7 @@
 Owns the `onnx/` folder as a reader: its manifest (written by `onnx_export.py`), the check that the export still
 matches the weights it came from, which runtime to use, and the ONNX model that stands in for the torch one: called
 with the same tensors, it returns an object whose `.logits` is a torch tensor, so each task's `predict` and `scores`
-run unchanged. The int8 model is guarded: a row whose int8 answer is closer to another answer than int8's error
+run unchanged. An int8 classifier is guarded: a row whose int8 answer is closer to another answer than int8's error
 measured at export (`guard.margin`) is answered again by the fp32 graph, so int8 keeps fp32's labels."""
 
 from __future__ import annotations
@@ -98,20 +98,11 @@ def choose_runtime(folder: RunFolder, requested: str | None = None) -> str:
 _NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
 
-def _real_positions(logits: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
-    """[rows, positions] of the positions that hold a token (per-token logits), or [rows, 1] of True."""
-    if logits.ndim == 2:
-        return np.ones((len(logits), 1), dtype=bool)
-    if attention_mask is None or attention_mask.shape != logits.shape[:2]:
-        return np.ones(logits.shape[:2], dtype=bool)
-    return np.asarray(attention_mask, dtype=bool)
-
-
 def answer_margins(logits: np.ndarray, multi_label: bool) -> np.ndarray | None:
-    """How far each answer (each row's, or each token's) is from changing: the top logit minus the runner-up (which
-    class wins), or for multi-label the smallest |logit| (which side of 0.5 each label's sigmoid falls). None when
-    there are no classes to change (one output: regression)."""
-    if logits.shape[-1] < 2:
+    """How far each row's answer is from changing: the top logit minus the runner-up (which class wins), or for
+    multi-label the smallest |logit| (which side of 0.5 each label's sigmoid falls). None when a row has no one answer
+    to change: one output (regression), or one answer per token (token classification)."""
+    if logits.ndim != 2 or logits.shape[-1] < 2:
         return None
     if multi_label:
         return np.abs(logits).min(-1)
@@ -120,20 +111,17 @@ def answer_margins(logits: np.ndarray, multi_label: bool) -> np.ndarray | None:
 
 
 def answer_errors(got: np.ndarray, expected: np.ndarray, multi_label: bool) -> np.ndarray:
-    """How much a margin of `answer_margins` can move from `expected` to `got`, per answer: for one class against
+    """How much a margin of `answer_margins` can move from `expected` to `got`, per row: for one class against
     another, the spread of the logit errors (max - min over classes); for multi-label, the largest |logit error|."""
     error = got - expected
     return np.abs(error).max(-1) if multi_label else error.max(-1) - error.min(-1)
 
 
-def rows_to_recheck(logits: np.ndarray, attention_mask: np.ndarray | None, margin: float, multi_label: bool):
-    """Rows with any answer (any real token's, for per-token logits) within `margin` of changing: the rows the guard
-    answers again in fp32. None when nothing can change (regression)."""
+def rows_to_recheck(logits: np.ndarray, margin: float, multi_label: bool) -> np.ndarray | None:
+    """The rows whose answer is within `margin` of changing: those the guard answers again in fp32 (None: no rows can
+    be, see `answer_margins`)."""
     margins = answer_margins(logits, multi_label)
-    if margins is None:
-        return None
-    margins = margins.reshape(len(logits), -1)
-    return np.where(_real_positions(logits, attention_mask), margins, np.inf).min(-1) < margin
+    return None if margins is None else margins < margin
 
 
 class OnnxModel(torch.nn.Module):
@@ -195,7 +183,7 @@ class OnnxModel(torch.nn.Module):
         }
         (logits,) = self.session.run(["logits"], feed)
         if self.fallback is not None:
-            again = rows_to_recheck(logits, feed.get("attention_mask"), self.margin, self.multi_label)
+            again = rows_to_recheck(logits, self.margin, self.multi_label)
             if again is not None and again.any():
                 (logits[again],) = self.fallback.session.run(["logits"], {k: v[again] for k, v in feed.items()})
                 self.rechecked += int(again.sum())

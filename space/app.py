@@ -244,7 +244,7 @@ class OnnxModel(torch.nn.Module):
     def forward(self, **inputs: Any) -> SequenceClassifierOutput:
         feed = {name: value.numpy() for name, value in inputs.items() if name in self.names}
         (logits,) = self.session.run(["logits"], feed)
-        if self.fallback is not None and logits.shape[-1] > 1:
+        if self.fallback is not None and logits.ndim == 2 and logits.shape[-1] > 1:
             # The guard (hf_transfer's runtimes.py): an answer closer to another than int8's error at export is
             # answered again by the fp32 graph, so int8 keeps fp32's labels.
             if self.multi_label:
@@ -252,10 +252,6 @@ class OnnxModel(torch.nn.Module):
             else:
                 top_two = np.partition(logits, -2, axis=-1)[..., -2:]
                 margins = top_two[..., 1] - top_two[..., 0]
-            if margins.ndim == 2:  # per token: the closest real token of each row
-                mask = feed.get("attention_mask")
-                real = mask.astype(bool) if mask is not None and mask.shape == margins.shape else True
-                margins = np.where(real, margins, np.inf).min(-1)
             again = margins < self.margin
             if again.any():
                 (logits[again],) = self.fallback.session.run(["logits"], {k: v[again] for k, v in feed.items()})

@@ -150,7 +150,7 @@ def test_int8_keeps_the_label_of_99_percent_of_sst2_test_sentences_on_real_minil
         tmp_path / "sst2",
         data={"text_column": "sentence", "label_names": ["negative", "positive"], "samples_per_class": 64},
         strategy={"kind": "head", "head": {"type": "lbfgs"}},
-        training={"batch_size": 64},
+        training={"batch_size": 64, "max_eval_samples": 512},  # the export calibrates on 512 validation rows
     )
     folder = train(load_recipe(recipe))
     manifest = export(folder, int8=True)
@@ -165,18 +165,15 @@ def test_int8_keeps_the_label_of_99_percent_of_sst2_test_sentences_on_real_minil
     assert int8_run.model.rechecked < 0.5 * len(texts)  # most answers stay with int8
 
 
-def test_the_guard_reads_per_token_answers_of_real_tokens_only_and_skips_regression():
-    logits = np.zeros((2, 3, 3), dtype=np.float32)
-    logits[:, :, 0] = 5.0  # every token sure of class 0 ...
-    logits[0, 2] = [1.0, 0.9, 0.0]  # ... but row 0's last position, which is padding
-    logits[1, 1] = [1.0, 0.95, 0.0]  # ... and row 1's middle token, which is real
-    mask = np.array([[1, 1, 0], [1, 1, 1]])
-    assert rows_to_recheck(logits, mask, 0.5, multi_label=False).tolist() == [False, True]
-    assert rows_to_recheck(logits, None, 0.5, multi_label=False).tolist() == [True, True]
+def test_the_guard_reads_one_answer_per_row_and_leaves_regression_and_tokens_unguarded():
+    logits = np.array([[2.0, 1.9, -1.0], [3.0, 0.0, -1.0]])  # row 0: class 0 barely ahead of class 1
+    assert answer_margins(logits, multi_label=False).tolist() == pytest.approx([0.1, 3.0])
+    assert rows_to_recheck(logits, 0.5, multi_label=False).tolist() == [True, False]
     labels = np.array([[3.0, -0.2], [2.0, -4.0]])  # multi-label: a sigmoid near 0.5 is close to flipping
     assert answer_margins(labels, multi_label=True).tolist() == pytest.approx([0.2, 2.0])
-    assert rows_to_recheck(labels, None, 0.5, multi_label=True).tolist() == [True, False]
-    assert rows_to_recheck(np.array([[0.3], [7.0]]), None, 0.5, multi_label=False) is None
+    assert rows_to_recheck(labels, 0.5, multi_label=True).tolist() == [True, False]
+    assert rows_to_recheck(np.array([[0.3], [7.0]]), 0.5, multi_label=False) is None  # regression: a number
+    assert rows_to_recheck(np.zeros((2, 5, 3)), 0.5, multi_label=False) is None  # a tag per token
     errors = answer_errors(np.array([[1.0, 2.0, 0.0]]), np.array([[1.5, 1.0, 0.0]]), multi_label=False)
     assert errors.tolist() == [1.5]  # class 1 gained 1.0 on class 0, which lost 0.5
 

@@ -513,6 +513,10 @@ def test_an_onnx_export_tags_the_same_spans_without_the_pipelines_class_complain
     folder = tmp_path / "full"
     shutil.copytree(runs["full"], folder, ignore=shutil.ignore_patterns("checkpoints"))
     assert main(["export", str(folder), "--int8"]) == 0
+    manifest = json.loads((folder / "onnx" / "manifest.json").read_text())
+    assert manifest["calibration"]["source"] == "validation"
+    # A tag per token: no one answer per row for the int8 guard to recheck (tokens would send most rows to fp32).
+    assert "guard" not in manifest["variants"]["onnx-int8"] and manifest["variants"]["onnx"]["parity"]["passed"]
     spans = {}
     for runtime in ("torch", "onnx", "onnx-int8"):
         # As a user runs it: the pipeline's complaint goes to transformers' own stderr handler.
