@@ -240,6 +240,18 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def combine(paths: list[Path]) -> list[dict]:
+    """The rows of several runs' --out files as one table's rows. A SetFit run capped below its full schedule is left
+    out of a cell where SetFit also ran its full schedule; a (dataset, N, method, seed) measured twice keeps the
+    later file's row."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        for row in json.loads(path.read_text(encoding="utf-8"))["rows"]:
+            rows[(row["dataset"], row["n"], row["method"], row["seed"], row.get("max_steps"))] = row
+    full = {(d, n) for d, n, method, _, steps in rows if method == "setfit" and not steps}
+    return [r for (d, n, method, _, steps), r in rows.items() if not (method == "setfit" and steps and (d, n) in full)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -252,7 +264,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (SetFit's too)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/few-bench/work"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--combine", type=Path, nargs="+", help="print the table of these --out files; run nothing")
     args = parser.parse_args()
+    if args.combine:
+        print(markdown(summarise(combine(args.combine))))
+        return
 
     # One thread per process, for every method: on 2 cores shared with other jobs, two OpenMP threads spin-wait for
     # each other and ran a MiniLM training step 4-5x slower than one thread (measured here, load average 6.6).
