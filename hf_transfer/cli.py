@@ -300,9 +300,16 @@ def _add_folder_commands(commands: Any) -> None:
 
     export = commands.add_parser("export", help="export an output folder's model to ONNX (onnx/), optionally int8")
     export.add_argument("output_dir")
-    export.add_argument("--int8", action="store_true", help="also write an int8 model (dynamic quantisation)")
     export.add_argument(
-        "--inputs", help="inputs to trace and check parity with (a .txt or table, as predict --file reads)"
+        "--int8",
+        action="store_true",
+        help="also write an int8 model (dynamic quantisation; a classifier's answers within int8's measured error of "
+        "another answer are answered again by the fp32 model)",
+    )
+    export.add_argument(
+        "--inputs",
+        help="inputs to trace and check parity with (a .txt or table, as predict --file reads), besides up to 512 "
+        "rows of the recipe's validation split",
     )
     export.set_defaults(run=cmd_export)
 
