@@ -204,5 +204,11 @@ def load_onnx_model(folder: RunFolder, runtime: str, config: Any) -> OnnxModel:
     guard = ((folder.json(f"{ONNX_DIR}/{MANIFEST}") or {}).get("variants", {}).get(runtime) or {}).get("guard")
     model = variant_model(runtime)
     if guard:
-        model.fallback, model.margin = variant_model(guard["fallback"]), float(guard["margin"])
+        fallback = guard.get("fallback")
+        if fallback not in VARIANT_FILES or fallback == runtime or not isinstance(guard.get("margin"), int | float):
+            raise ExportError(
+                f"{folder.path}/{ONNX_DIR}/{MANIFEST}: the {runtime} guard is not one export writes ({guard}); run "
+                f"`hf-transfer export {folder.path}` again, or pass --runtime onnx"
+            )
+        model.fallback, model.margin = variant_model(fallback), float(guard["margin"])
     return model

@@ -165,6 +165,19 @@ def test_int8_keeps_the_label_of_99_percent_of_sst2_test_sentences_on_real_minil
     assert int8_run.model.rechecked < 0.5 * len(texts)  # most answers stay with int8
 
 
+@pytest.mark.parametrize("guard", [{"fallback": "onnx-int8", "margin": 1.0}, {"fallback": "onnx", "margin": "x"}])
+def test_a_guard_export_never_writes_is_refused_with_one_line(tmp_path, exported, guard):
+    folder = tmp_path / "edited"
+    shutil.copytree(exported, folder)
+    path = folder / "onnx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["variants"]["onnx-int8"]["guard"] = guard
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="guard is not one export writes"):
+        load_run(folder, runtime="onnx-int8")
+    assert load_run(folder, runtime="onnx").runtime == "onnx"
+
+
 def test_the_guard_reads_one_answer_per_row_and_leaves_regression_and_tokens_unguarded():
     logits = np.array([[2.0, 1.9, -1.0], [3.0, 0.0, -1.0]])  # row 0: class 0 barely ahead of class 1
     assert answer_margins(logits, multi_label=False).tolist() == pytest.approx([0.1, 3.0])
