@@ -537,57 +537,28 @@ def test_evaluate_rescores_the_saved_model(runs):
     assert scores["f1"] == pytest.approx(saved["f1"]) and scores["entities"] == saved["entities"]
 
 
-def _scores_of(accelerator, model, encoded, task, num_labels: int) -> tuple[dict, list]:
-    """The loop's own evaluation of a token model on one split, 4 sentences a batch per process."""
-    from hf_transfer.evaluation import evaluate_loader
-    from hf_transfer.metrics import flat_scores
-    from hf_transfer.sampling import make_loader
-
-    loader, _ = make_loader(encoded.splits["test"], 4, encoded.collator, False, None, 0)
-    model, loader = accelerator.prepare(model, loader)
-    scores, _, predictions = evaluate_loader(accelerator, model, loader, task, num_labels)
-    return flat_scores(scores), predictions.tolist()
-
-
+@pytest.mark.slow
 def test_two_processes_score_tokens_exactly_as_one(runs, tmp_path):
-    """Sentences sharded over 2 real processes (gloo), batches padded to different widths on each rank and a last
-    batch that Accelerate fills with repeated sentences: the same entity F1, token accuracy and predictions as 1."""
-    from accelerate import Accelerator, debug_launcher
+    """Sentences sharded over 2 real processes (`accelerate launch`, gloo), batches padded to different widths on each
+    rank and a last batch that Accelerate fills with repeated sentences: the same entity F1, token accuracy and
+    predictions as 1 process. (Real launched processes, not pytest forked: a fork after torch's thread pool has run
+    can hang in the child.)"""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from datasets import DatasetDict
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from conftest import run_two_ranks
+    from two_ranks import score_tokens, token_split
 
     out = runs["head"]  # an imperfect tagger: F1 well above 0, with errors for a wrong gather to shift
-    recipe = load_recipe(out / "recipe.yaml")
-    task = task_for(recipe.task)
-    data = task.prepare_data(recipe)
-    test = data.splits["test"]
-    by_length = sorted(range(len(test)), key=lambda i: len(test[i]["tokens"]))
-    # Batches alternate between the 4 shortest and the 4 longest sentences left: rank 0 gets the short batches, rank
-    # 1 the long ones. 21 sentences: 6 batches, the last of one sentence.
-    order = [i for k in range(0, 12, 4) for i in by_length[k : k + 4] + by_length[::-1][k : k + 4]][:20]
-    order.append(by_length[12])
-    split = test.select(order)
-    encoded = task.encode(DatasetDict({"test": split}), AutoTokenizer.from_pretrained(out), recipe)
+    encoded, model, task, num_labels = token_split(out)
     widths = [
         len(encoded.collator([encoded.splits["test"][i] for i in range(k, min(k + 4, 21))])["labels"][0])
         for k in range(0, 21, 4)
     ]
     assert widths[0] < widths[1] and widths[2] < widths[3], widths  # the ranks' batches differ in width
-    model = AutoModelForTokenClassification.from_pretrained(out).eval()
-    num_labels = len(data.labels.id2label)
-
-    def rank() -> None:
-        AcceleratorState._reset_state(reset_partial_state=True)  # forked from pytest: this launch's two processes
-        accelerator = Accelerator(cpu=True)
-        scores, predictions = _scores_of(accelerator, model, encoded, task, num_labels)
-        result = {"processes": accelerator.num_processes, "scores": scores, "predictions": predictions}
-        (tmp_path / f"rank{accelerator.process_index}.json").write_text(json.dumps(result), encoding="utf-8")
-
-    debug_launcher(rank, num_processes=2)
+    run_two_ranks(tmp_path, "tokens", out / "recipe.yaml", tmp_path)
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        one, predictions = _scores_of(Accelerator(cpu=True), model, encoded, task, num_labels)
+        one, predictions = score_tokens(Accelerator(cpu=True), encoded, model, task, num_labels)
     finally:  # the next test's Accelerator starts from its own settings, not this one's cpu=True
         AcceleratorState._reset_state(reset_partial_state=True)
     assert one["examples"] == 21 and 0 < one["f1"] < 1 and one["accuracy"] < 1
