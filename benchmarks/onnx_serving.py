@@ -2,7 +2,8 @@
 transformers `pipeline(..., batch_size=32)` a user would write, on SST-2 test (texts/s, accuracy), CoNLL-2003 test
 (sentences/s, entity F1 from `hf-transfer evaluate --runtime`) and ants/bees val (images/s, accuracy); and the local
 Space's latency (p50/p95 of single requests), torch vs int8: through gradio_client, and through Gradio's own queue
-protocol as the page's JavaScript client speaks it (join, then the event stream), timed to the answer.
+protocol as the page's JavaScript client speaks it (join, then the event stream), timed to the answer; beside them
+the floor, the same requests to an app of the Space's shape whose function answers at once.
 
 Every figure is a whole command as a user runs it (interpreter start, model load and all), in alternating repeats so
 a change in the machine's load spreads over every runtime; medians are reported. Output folders are copied into the
@@ -220,6 +221,20 @@ def protocol_request(http: Any, url: str, fn_index: int, text: str) -> float:
     raise RuntimeError(f"{url}: the event stream ended without an answer")
 
 
+FLOOR_APP = """
+import sys
+import gradio as gr
+# The Space's shape (a text box, a label, one queued event named predict) around a function that answers at once:
+# what a request costs before any model runs.
+with gr.Blocks() as demo:
+    text, label = gr.Textbox(), gr.Label()
+    text.submit(lambda value: {"positive": 0.9, "negative": 0.1}, text, label, api_name="predict")
+demo.queue(max_size=32)
+demo.launch(server_port=int(sys.argv[1]))
+"""
+"""The latency floor: a Gradio app like the Space's whose function does nothing."""
+
+
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     seconds = sorted(seconds)
     return {"p50": statistics.median(seconds), "p95": seconds[int(0.95 * (len(seconds) - 1))]}
@@ -234,12 +249,16 @@ def space_latency(folder: Path, texts: list[str], workdir: Path, env: dict[str, 
     servers, clients, urls = {}, {}, {}
     http = httpx.Client(timeout=60)
     try:
-        for runtime in ("torch", "onnx-int8"):
+        floor_app = workdir / "floor_app.py"
+        floor_app.write_text(FLOOR_APP, encoding="utf-8")
+        for runtime in ("torch", "onnx-int8", "floor"):
             port = _free_port()
-            command = [sys.executable, "-m", "hf_transfer", "demo", str(folder), "--runtime", runtime]
+            command = [sys.executable, "-m", "hf_transfer", "demo", str(folder), "--runtime", runtime, "--port"]
+            if runtime == "floor":
+                command = [sys.executable, str(floor_app)]
             log = open(workdir / f"demo-{runtime}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed with the server)
             servers[runtime] = (
-                subprocess.Popen(command + ["--port", str(port)], stdout=log, stderr=log, env=env),
+                subprocess.Popen(command + [str(port)], stdout=log, stderr=log, env=env),
                 log,
             )
             url = f"http://127.0.0.1:{port}/"
@@ -343,10 +362,11 @@ def markdown(report: dict[str, Any]) -> str:
             "| runtime | p50 ms | p95 ms | p50 per repeat |",
             "|---|---|---|---|",
         ]
-        for runtime in ("torch", "onnx-int8"):
+        shown = [runtime for runtime in ("torch", "onnx-int8", "floor") if runtime in space]
+        for runtime in shown:
             row = space[runtime]
             lines.append(f"| {runtime} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p50_runs_ms']} |")
-        for runtime in ("torch", "onnx-int8") if "protocol" in space else ():
+        for runtime in shown if "protocol" in space else ():
             row = space["protocol"][runtime]
             lines.append(
                 f"| {runtime}, the page's protocol | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
