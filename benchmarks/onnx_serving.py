@@ -230,7 +230,7 @@ with gr.Blocks() as demo:
     text, label = gr.Textbox(), gr.Label()
     text.submit(lambda value: {"positive": 0.9, "negative": 0.1}, text, label, api_name="predict")
 demo.queue(max_size=32)
-demo.launch(server_port=int(sys.argv[1]))
+demo.launch(server_port=int(sys.argv[2]))  # called as `hf-transfer demo` is: ... --port N
 """
 """The latency floor: a Gradio app like the Space's whose function does nothing."""
 
@@ -253,12 +253,14 @@ def space_latency(folder: Path, texts: list[str], workdir: Path, env: dict[str, 
         floor_app.write_text(FLOOR_APP, encoding="utf-8")
         for runtime in ("torch", "onnx-int8", "floor"):
             port = _free_port()
-            command = [sys.executable, "-m", "hf_transfer", "demo", str(folder), "--runtime", runtime, "--port"]
-            if runtime == "floor":
-                command = [sys.executable, str(floor_app)]
+            command = (
+                [sys.executable, str(floor_app)]
+                if runtime == "floor"
+                else [sys.executable, "-m", "hf_transfer", "demo", str(folder), "--runtime", runtime]
+            )
             log = open(workdir / f"demo-{runtime}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed with the server)
             servers[runtime] = (
-                subprocess.Popen(command + [str(port)], stdout=log, stderr=log, env=env),
+                subprocess.Popen(command + ["--port", str(port)], stdout=log, stderr=log, env=env),
                 log,
             )
             url = f"http://127.0.0.1:{port}/"
