@@ -17,9 +17,10 @@ from transformers import AutoConfig
 from .errors import DataError, RecipeError
 from .evaluation import evaluate_loader
 from .metrics import flat_scores
+from .onnx_model import load_onnx_model
 from .recipe import Recipe, load_recipe
 from .run_folder import RunFolder
-from .runtimes import choose_runtime, load_onnx_model
+from .runtimes import choose_runtime
 from .sources import check_saved_weights, resolve_dataset_source
 from .tasks import Task, task_for
 from .trust import allow_model_code
@@ -40,6 +41,22 @@ class LoadedRun:
     id2label: dict[int, str]
     runtime: str = "torch"
     """What runs the model: `torch`, or its ONNX export `onnx` / `onnx-int8` (`runtimes.py`)."""
+
+    @property
+    def input_noun(self) -> str:
+        return self.task.input_noun
+
+    def predict(self, inputs: list[str]) -> list[dict[str, Any]]:
+        """One result per input (a text, or an image file path), as the task reads and scores it."""
+        return self.task.predict(self, inputs)
+
+    def read_inputs(self, path: Path) -> list[str]:
+        """The inputs of a table (or .txt) file, as the task reads them."""
+        return self.task.read_inputs(path, self.recipe)
+
+    def format_result(self, value: str, result: Any) -> str:
+        """The task's `predict` line for one input and its result."""
+        return self.task.format_result(value, result)
 
 
 def load_run(folder: str | Path, trust_remote_code: bool = False, runtime: str | None = None) -> LoadedRun:
@@ -71,7 +88,7 @@ def load_run(folder: str | Path, trust_remote_code: bool = False, runtime: str |
 
 def predict_inputs(run: LoadedRun, inputs: list[str]) -> list[dict[str, Any]]:
     """One result per input (a text, or an image file path), as the task reads and scores it."""
-    return run.task.predict(run, inputs)
+    return run.predict(inputs)
 
 
 def predict_texts(run: LoadedRun, texts: list[str]) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ axes dynamic, one output `logits`. Parity against PyTorch is measured at export 
 evaluation examples, batched (with padding) and one by one, plus a text longer than the model's maximum (truncation),
 and up to `CALIBRATION_ROWS` rows of the recipe's validation split as the task encodes them for `evaluate` — and
 recorded in the manifest beside the checksums of the ONNX files and of the weights they came from. The same rows
-calibrate the int8 model's guard (`runtimes.OnnxModel`): the margin below which an int8 answer is checked in fp32."""
+calibrate the int8 model's guard (`runtimes.OnnxSession`): the margin below which an int8 answer is checked in fp32."""
 
 from __future__ import annotations
 
@@ -24,16 +24,18 @@ import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
 
+from .answers import TEXT_ANSWERS
 from .errors import ExportError
 from .fileio import file_sha256, write_json_atomic
 from .inference import LoadedRun, load_run
+from .onnx_text import tokenizer_record
 from .run_folder import EXAMPLE_FILE_KEYS, RunFolder
 from .runtimes import (
     INSTALL_HINT,
     MANIFEST,
     ONNX_DIR,
     VARIANT_FILES,
-    OnnxModel,
+    OnnxSession,
     answer_errors,
     answer_margins,
     weight_checksums,
@@ -210,6 +212,33 @@ def _export_graph(run: LoadedRun, tensors: dict[str, torch.Tensor], path: Path) 
         ) from None
 
 
+def _fuse(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu) on a token model's graph, in place; the
+    fused ops counted. It made the int8 MiniLM 7 % faster here (5.27 s against 5.66 s over SST-2 test); attention does
+    not fuse in the dynamo graph. The parity check that follows measures the fused graph. An image model, or a graph
+    the optimizer cannot read, is left as exported."""
+    if "input_ids" not in tensors:
+        return {}
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        return {}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the optimizer logs each fusion it tries on the root logger
+    try:
+        optimized = optimize_model(str(path), model_type="bert", opt_level=1)
+        fused = {name: count for name, count in optimized.get_fused_operator_statistics().items() if count}
+        if fused:
+            optimized.save_model_to_file(str(path))
+        return fused
+    except Exception as error:  # the optimizer's many failure kinds: keep the graph as exported, and say why
+        logger.warning("ONNX Runtime's fusions did not apply (%s); the graph stays as exported", _reason(error))
+        return {}
+    finally:
+        root.setLevel(level)
+
+
 def _quantize(source: Path, target: Path) -> None:
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -230,12 +259,16 @@ def _quantize(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def measure_parity(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[str, Any]:
+def _onnx_logits(session: OnnxSession, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.from_numpy(session.logits({name: value.numpy() for name, value in tensors.items()}))
+
+
+def measure_parity(session: OnnxSession, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[str, Any]:
     """How far the ONNX logits are from PyTorch's on every recorded batch, and how often the top class agrees; for
     per-token logits, over the real tokens (a padding position answers nothing)."""
     worst, agree, rows = 0.0, 0, 0
     for tensors, expected in calls:
-        got = model(**tensors).logits
+        got = _onnx_logits(session, tensors)
         if got.shape != expected.shape:
             return {"passed": False, "reason": f"logits shape {tuple(got.shape)} != PyTorch's {tuple(expected.shape)}"}
         mask = tensors.get("attention_mask")
@@ -256,7 +289,7 @@ def measure_parity(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], 
     }
 
 
-def guard_margin(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> float | None:
+def guard_margin(session: OnnxSession, calls: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> float | None:
     """The int8 guard's margin: `GUARD_QUANTILE` of int8's answer errors against PyTorch over the calibration rows.
     None when rows have no one answer to guard (`runtimes.answer_margins`): regression, and token classification,
     where a recheck is a whole sentence of answers (at the calibrated margin it sent 65 % of CoNLL-2003 validation
@@ -264,23 +297,23 @@ def guard_margin(model: OnnxModel, calls: list[tuple[dict[str, torch.Tensor], to
     reads; int8 alone kept the top tag of 99.2 % of all real tokens)."""
     errors = []
     for tensors, expected in calls:
-        got = model(**tensors).logits.numpy()
-        if answer_margins(got, model.multi_label) is None:
+        got = _onnx_logits(session, tensors).numpy()
+        if answer_margins(got, session.multi_label) is None:
             return None
-        errors.append(answer_errors(got, expected.numpy(), model.multi_label))
+        errors.append(answer_errors(got, expected.numpy(), session.multi_label))
     return float(np.quantile(np.concatenate(errors), GUARD_QUANTILE))
 
 
-def _variant(folder: Path, runtime: str, calls: list, config: Any, quantization: dict | None) -> dict[str, Any]:
+def _variant(folder: Path, runtime: str, calls: list, multi_label: bool, quantization: dict | None) -> dict[str, Any]:
     path = folder / ONNX_DIR / VARIANT_FILES[runtime]
-    model = OnnxModel(path, config)
+    model = OnnxSession(path, multi_label)
     record: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
     record["quantization"] = quantization
     if quantization is not None:
         margin = guard_margin(model, calls)
         if margin is not None:
             record["parity_unguarded"] = measure_parity(model, calls)
-            model.fallback, model.margin = OnnxModel(folder / ONNX_DIR / VARIANT_FILES["onnx"], config), margin
+            model.guard_with(OnnxSession(folder / ONNX_DIR / VARIANT_FILES["onnx"], multi_label), margin)
     parity = measure_parity(model, calls)
     if "passed" not in parity:
         if quantization is None:
@@ -295,7 +328,7 @@ def _variant(folder: Path, runtime: str, calls: list, config: Any, quantization:
     return record
 
 
-def _io_records(model: OnnxModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _io_records(model: OnnxSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     def record(node: Any) -> dict[str, Any]:
         return {"name": node.name, "type": node.type, "shape": [d if d is not None else "?" for d in node.shape]}
 
@@ -317,20 +350,24 @@ def export(output_dir: str | Path, int8: bool = False, inputs_file: str | Path |
     target.mkdir(exist_ok=True)
     (target / MANIFEST).unlink(missing_ok=True)
     _export_graph(run, calls[0][0], target / VARIANT_FILES["onnx"])
+    fusions = _fuse(target / VARIANT_FILES["onnx"], calls[0][0])
     checks = calls + more
-    variants = {"onnx": _variant(folder, "onnx", checks, run.model.config, None)}
+    multi_label = run.task.problem_type == "multi_label_classification"
+    variants = {"onnx": _variant(folder, "onnx", checks, multi_label, None)}
     if int8:
         _quantize(target / VARIANT_FILES["onnx"], target / VARIANT_FILES["onnx-int8"])
-        variants["onnx-int8"] = _variant(folder, "onnx-int8", checks, run.model.config, QUANTIZATION)
+        variants["onnx-int8"] = _variant(folder, "onnx-int8", checks, multi_label, QUANTIZATION)
     else:
         (target / VARIANT_FILES["onnx-int8"]).unlink(missing_ok=True)  # from an earlier export: it no longer matches
-    inputs, outputs = _io_records(OnnxModel(target / VARIANT_FILES["onnx"], run.model.config))
+    inputs, outputs = _io_records(OnnxSession(target / VARIANT_FILES["onnx"]))
+    texts = [v for v in values if not Path(v).is_file()]
     manifest = {
         "format": 1,
         "task": run.recipe.task,
         "architecture": type(run.model).__name__,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "opset": OPSET,
+        "fusions": fusions,
         "onnxruntime": version("onnxruntime"),
         "inputs": inputs,
         "outputs": outputs,
@@ -340,6 +377,9 @@ def export(output_dir: str | Path, int8: bool = False, inputs_file: str | Path |
         "weights": weight_checksums(RunFolder(folder)),
         "variants": variants,
     }
+    if run.recipe.task in TEXT_ANSWERS:  # what the torch-free text path (`onnx_text.py`) may serve
+        names = [record["name"] for record in inputs]
+        manifest["tokenizer"] = tokenizer_record(folder, run.preprocessor, run.recipe.data.max_length, texts, names)
     write_json_atomic(target / MANIFEST, manifest)
     return manifest
 

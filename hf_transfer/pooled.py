@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedModel
+if TYPE_CHECKING:  # only annotations: trust.py reads this module's names without loading transformers
+    from transformers import PreTrainedModel
 
 POOLED_MODEL_FILE = "modeling_hf_transfer.py"
 POOLED_MODEL_CLASS = "PooledModelForSequenceClassification"

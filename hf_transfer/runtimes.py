@@ -1,10 +1,11 @@
 """The runtimes an output folder serves with: eager PyTorch, or its ONNX export (fp32 or int8) under ONNX Runtime.
 
 Owns the `onnx/` folder as a reader: its manifest (written by `onnx_export.py`), the check that the export still
-matches the weights it came from, which runtime to use, and the ONNX model that stands in for the torch one: called
-with the same tensors, it returns an object whose `.logits` is a torch tensor, so each task's `predict` and `scores`
-run unchanged. An int8 classifier is guarded: a row whose int8 answer is closer to another answer than int8's error
-measured at export (`guard.margin`) is answered again by the fp32 graph, so int8 keeps fp32's labels."""
+matches the weights it came from, which runtime to use, and the ONNX Runtime session over numpy that both the torch
+stand-in (`onnx_model.py`) and the torch-free text path (`onnx_text.py`) run; it imports neither torch nor
+transformers, so that path stays light. An int8 classifier is guarded: a row whose int8 answer is closer to another
+answer than int8's error measured at export (`guard.margin`) is answered again by the fp32 graph, so int8 keeps
+fp32's labels."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .errors import ExportError
 from .fileio import file_sha256
@@ -124,21 +123,11 @@ def rows_to_recheck(logits: np.ndarray, margin: float, multi_label: bool) -> np.
     return None if margins is None else margins < margin
 
 
-class OnnxModel(torch.nn.Module):
-    """An ONNX Runtime session in the torch model's place: the same keyword tensors in, `.logits` (torch) out, and the
-    model's `config`. A torch module only so Accelerate and transformers pipelines take it; it holds no weights."""
+class OnnxSession:
+    """An ONNX Runtime session over numpy: the graph's named inputs in, its `logits` out. Needs no torch, so the
+    torch-free text path (`onnx_text.py`) and the torch stand-in (`onnx_model.py`) share it, guard included."""
 
-    def __init__(
-        self,
-        path: Path,
-        config: Any,
-        threads: int | None = None,
-        fallback: OnnxModel | None = None,
-        margin: float = 0.0,
-    ) -> None:
-        """`fallback` (the fp32 model, for an int8 one) answers again every row `rows_to_recheck` finds within
-        `margin` of another answer."""
-        super().__init__()
+    def __init__(self, path: Path, multi_label: bool = False, threads: int | None = None) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -150,59 +139,54 @@ class OnnxModel(torch.nn.Module):
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.config = config
         self.path = path
-        self.fallback, self.margin = fallback, margin
-        self.multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+        self.multi_label = multi_label
+        self.input_types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self.fallback: OnnxSession | None = None
+        """The fp32 session that answers again the rows `rows_to_recheck` finds within `margin` (an int8 one's)."""
+        self.margin = 0.0
         self.rechecked = 0
         """Rows the fallback answered so far."""
-        self.input_types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
+    def guard_with(self, fallback: OnnxSession, margin: float) -> None:
+        self.fallback, self.margin = fallback, margin
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
+    def rows_to_recheck(self, logits: np.ndarray) -> np.ndarray | None:
+        """The rows of these (int8) logits that the guard answers again in fp32; None without a guard."""
+        return None if self.fallback is None else rows_to_recheck(logits, self.margin, self.multi_label)
 
-    def can_generate(self) -> bool:
-        return False
-
-    def forward(self, **inputs: Any) -> SequenceClassifierOutput:
+    def logits(self, inputs: dict[str, Any], guard: bool = True) -> np.ndarray:
+        """The logits for the graph's inputs (arrays, or anything numpy converts); None values are left out. With
+        `guard`, the rows `rows_to_recheck` finds are answered again by the fallback within this batch (a caller
+        that rechecks many batches' rows together, in fuller batches, passes False)."""
         given = {name: value for name, value in inputs.items() if value is not None}
         if set(given) != set(self.input_types):
             raise ExportError(
                 f"{self.path} takes {sorted(self.input_types)}, but the model was called with {sorted(given)}; "
                 "export the folder again with this hf_transfer"
             )
-        feed = {
-            name: np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=dtype)
-            for name, value in given.items()
-            for dtype in [self.input_types[name]]
-        }
+        feed = {name: np.asarray(value, dtype=self.input_types[name]) for name, value in given.items()}
         (logits,) = self.session.run(["logits"], feed)
-        if self.fallback is not None:
-            again = rows_to_recheck(logits, self.margin, self.multi_label)
+        if guard and self.fallback is not None:
+            again = self.rows_to_recheck(logits)
             if again is not None and again.any():
                 (logits[again],) = self.fallback.session.run(["logits"], {k: v[again] for k, v in feed.items()})
                 self.rechecked += int(again.sum())
-        # Only `logits` is read downstream; the transformers output class lets pipelines index it by name too.
-        return SequenceClassifierOutput(logits=torch.from_numpy(logits))
+        return logits
 
 
-def load_onnx_model(folder: RunFolder, runtime: str, config: Any) -> OnnxModel:
-    """The ONNX model of a runtime `choose_runtime` returned (its files already checked against the manifest), with
+def load_onnx_session(folder: RunFolder, runtime: str, multi_label: bool = False) -> OnnxSession:
+    """The session of a runtime `choose_runtime` returned (its files already checked against the manifest), with
     its guard when the export recorded one (the fp32 graph and the margin below which it answers again)."""
 
-    def variant_model(name: str) -> OnnxModel:
+    def variant_session(name: str) -> OnnxSession:
         path = folder.file(f"{ONNX_DIR}/{VARIANT_FILES[name]}")
         if path is None:
             raise ExportError(f"{folder.path}/{ONNX_DIR}/{VARIANT_FILES[name]} is missing")
-        return OnnxModel(path, config)
+        return OnnxSession(path, multi_label)
 
     guard = ((folder.json(f"{ONNX_DIR}/{MANIFEST}") or {}).get("variants", {}).get(runtime) or {}).get("guard")
-    model = variant_model(runtime)
+    session = variant_session(runtime)
     if guard:
         fallback = guard.get("fallback")
         if fallback not in VARIANT_FILES or fallback == runtime or not isinstance(guard.get("margin"), int | float):
@@ -210,5 +194,5 @@ def load_onnx_model(folder: RunFolder, runtime: str, config: Any) -> OnnxModel:
                 f"{folder.path}/{ONNX_DIR}/{MANIFEST}: the {runtime} guard is not one export writes ({guard}); run "
                 f"`hf-transfer export {folder.path}` again, or pass --runtime onnx"
             )
-        model.fallback, model.margin = variant_model(fallback), float(guard["margin"])
-    return model
+        session.guard_with(variant_session(fallback), float(guard["margin"]))
+    return session

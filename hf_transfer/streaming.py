@@ -12,12 +12,23 @@ import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
 from .errors import DataError
-from .inference import LoadedRun, predict_inputs
+
+
+class Predictor(Protocol):
+    """What streaming needs of a loaded run: `inference.LoadedRun` (any task and runtime) and `onnx_text.OnnxTextRun`
+    (a text task's ONNX export, torch-free) both are one."""
+
+    def predict(self, inputs: list[str]) -> list[Any]: ...
+
+    def read_inputs(self, path: Path) -> list[str]: ...
+
+    def format_result(self, value: str, result: Any) -> str: ...
+
 
 CHUNK = 2048
 """Inputs held at once: enough for 64 length-sorted batches of 32."""
@@ -45,7 +56,7 @@ def _count_lines(path: Path) -> int:
     return sum(1 for _ in _text_lines(path))
 
 
-def file_inputs(run: LoadedRun, path: Path) -> tuple[Iterable[str], int]:
+def file_inputs(run: Predictor, path: Path) -> tuple[Iterable[str], int]:
     """The inputs of a --file and how many there are: a .txt file streams line by line; a table is read by the task."""
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a file")
@@ -53,11 +64,11 @@ def file_inputs(run: LoadedRun, path: Path) -> tuple[Iterable[str], int]:
         raise DataError(f"{path}: no such file (--file)")
     if path.suffix.lower() == ".txt":
         return _text_lines(path), _count_lines(path)
-    values = run.task.read_inputs(path, run.recipe)
+    values = run.read_inputs(path)
     return values, len(values)
 
 
-def predict_stream(run: LoadedRun, inputs: Iterable[str], total: int | None = None) -> Iterator[tuple[str, Any]]:
+def predict_stream(run: Predictor, inputs: Iterable[str], total: int | None = None) -> Iterator[tuple[str, Any]]:
     """(input, result) for every input, in input order, predicted in length-sorted chunks of CHUNK inputs."""
     progress = tqdm(
         total=total, desc="predicting", unit=" inputs", file=sys.stderr, disable=(total or 0) < PROGRESS_FROM
@@ -66,7 +77,7 @@ def predict_stream(run: LoadedRun, inputs: Iterable[str], total: int | None = No
     with progress:
         while chunk := list(islice(iterator, CHUNK)):
             order = sorted(range(len(chunk)), key=lambda i: len(chunk[i]))
-            results = predict_inputs(run, [chunk[i] for i in order])
+            results = run.predict([chunk[i] for i in order])
             placed: list[Any] = [None] * len(chunk)
             for position, result in zip(order, results, strict=True):
                 placed[position] = result
@@ -74,7 +85,7 @@ def predict_stream(run: LoadedRun, inputs: Iterable[str], total: int | None = No
             progress.update(len(chunk))
 
 
-def write_results(run: LoadedRun, pairs: Iterable[tuple[str, Any]], as_json: bool, out: TextIO) -> int:
+def write_results(run: Predictor, pairs: Iterable[tuple[str, Any]], as_json: bool, out: TextIO) -> int:
     """Write each result as it comes: the task's line, or the items of one JSON array (the same text that
     `json.dumps(results, indent=2)` gives). Returns how many were written."""
     count = 0
@@ -83,7 +94,7 @@ def write_results(run: LoadedRun, pairs: Iterable[tuple[str, Any]], as_json: boo
             item = json.dumps(result, indent=2).replace("\n", "\n  ")
             out.write(("[\n  " if count == 0 else ",\n  ") + item)
         else:
-            out.write(run.task.format_result(value, result) + "\n")
+            out.write(run.format_result(value, result) + "\n")
         count += 1
     if as_json:
         out.write("\n]\n" if count else "[]\n")

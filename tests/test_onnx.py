@@ -31,8 +31,9 @@ from hf_transfer.cli import main  # noqa: E402
 from hf_transfer.errors import ExportError  # noqa: E402
 from hf_transfer.inference import evaluate_run, load_run, predict_inputs  # noqa: E402
 from hf_transfer.onnx_export import export  # noqa: E402
+from hf_transfer.onnx_model import OnnxModel  # noqa: E402
 from hf_transfer.recipe import load_recipe, recipe_from_dict  # noqa: E402
-from hf_transfer.runtimes import OnnxModel, answer_errors, answer_margins, rows_to_recheck  # noqa: E402
+from hf_transfer.runtimes import OnnxSession, answer_errors, answer_margins, rows_to_recheck  # noqa: E402
 from hf_transfer.train import train  # noqa: E402
 
 TEXTS = [
@@ -121,17 +122,17 @@ def test_int8_answers_close_to_another_label_are_answered_again_in_fp32(exported
     assert 0 <= guard["rechecked_share"] <= 1
 
     model = load_run(exported, runtime="onnx-int8").model
-    assert model.fallback is not None and model.margin == guard["margin"]
+    assert model.onnx.fallback is not None and model.onnx.margin == guard["margin"]
     batch = TEXTS * 4 + [LONG, "dull", "charming", "the film"]
     encoded = load_run(exported, runtime="torch").preprocessor(
         batch, truncation=True, max_length=32, padding=True, return_tensors="pt"
     )
-    plain = OnnxModel(exported / "onnx" / "model.int8.onnx", model.config)(**encoded).logits.numpy()
-    fp32 = OnnxModel(exported / "onnx" / "model.onnx", model.config)(**encoded).logits.numpy()
+    plain = OnnxModel(OnnxSession(exported / "onnx" / "model.int8.onnx"), model.config)(**encoded).logits.numpy()
+    fp32 = OnnxModel(OnnxSession(exported / "onnx" / "model.onnx"), model.config)(**encoded).logits.numpy()
     margins = answer_margins(plain, multi_label=False)
-    model.margin = float(np.median(margins))  # so that both kinds of row are in the batch
+    model.onnx.margin = float(np.median(margins))  # so that both kinds of row are in the batch
     got = model(**encoded).logits.numpy()
-    close = margins < model.margin
+    close = margins < model.onnx.margin
     assert 0 < close.sum() < len(batch)
     np.testing.assert_allclose(got[close], fp32[close], atol=1e-5)
     np.testing.assert_array_equal(got[~close], plain[~close])
@@ -162,7 +163,7 @@ def test_int8_keeps_the_label_of_99_percent_of_sst2_test_sentences_on_real_minil
     int8 = [r["label"] for r in predict_inputs(int8_run, texts)]
     changed = sum(a != b for a, b in zip(fp32, int8, strict=True))
     assert changed <= 0.01 * len(texts), f"int8 changed {changed} of {len(texts)} labels"
-    assert int8_run.model.rechecked < 0.5 * len(texts)  # most answers stay with int8
+    assert int8_run.model.onnx.rechecked < 0.5 * len(texts)  # most answers stay with int8
 
 
 @pytest.mark.parametrize("guard", [{"fallback": "onnx-int8", "margin": 1.0}, {"fallback": "onnx", "margin": "x"}])
@@ -377,14 +378,14 @@ def test_predict_file_streams_in_chunks_and_keeps_the_input_order(exported, monk
 
     run = load_run(exported, runtime="onnx")
     seen: list[int] = []
-    real = streaming.predict_inputs
+    real = run.predict
 
-    def counted(run, values):
+    def counted(values):
         seen.append(len(values))
         assert values == sorted(values, key=len)  # length-sorted batches
-        return real(run, values)
+        return real(values)
 
-    monkeypatch.setattr(streaming, "predict_inputs", counted)
+    monkeypatch.setattr(run, "predict", counted)
     read = 0
 
     def lines():

@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, AutoModelForImageClassification
 
+from ..answers import top_classes_line
 from ..card_parts import TaskCard, always, per_class_table, table
 from ..data import LabelInfo, PreparedData, dataset_source, drop_unscored_splits, finish_splits, label_names
 from ..errors import DataError, RecipeError
@@ -37,7 +38,7 @@ from ..images import (
 )
 from ..recipe import Recipe
 from ..sources import check_safetensors
-from .classes import label_ids, softmax_scores, top_class, top_classes_line
+from .classes import label_ids, softmax_scores, top_class
 from .spec import Encoded, FeatureExtractor, Task
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from ..answers import text_answers, text_line
 from ..card_parts import TaskCard, always, by_gradient, per_class_table, short, table
 from ..data import (
     SPLIT_ALIASES,
@@ -37,7 +38,7 @@ from ..features import extract_features, pooled_feature_head, pooled_warmup_head
 from ..pooled import pooled_model_class
 from ..recipe import Recipe
 from ..sources import BBC_NEWS, Resolved, check_safetensors, load_function
-from .classes import label_ids, softmax_scores, top_class, top_classes_line
+from .classes import label_ids, softmax_scores, top_class
 from .spec import Encoded, FeatureExtractor, Task
 
 logger = logging.getLogger(__name__)
@@ -368,24 +369,14 @@ def _as_is(scores: np.ndarray, config: Any = None) -> np.ndarray:
 def predict_texts(run: Any, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
     """One entry per input: `{"label": ..., "scores": {label: probability}}`; regression: `{"label", "score"}`."""
     results = []
-    task = run.recipe.task
     threshold = getattr(run.model.config, "hf_transfer_threshold", 0.5)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         encoded = run.preprocessor(
             chunk, truncation=True, max_length=run.recipe.data.max_length, padding=True, return_tensors="pt"
         )
-        scores = TEXT_TASKS[task].scores(run.model(**encoded).logits).cpu().numpy()
-        for row in scores:
-            if task == "text-regression":
-                results.append({"label": "score", "score": float(row)})
-                continue
-            named = {run.id2label[i]: float(v) for i, v in enumerate(row)}
-            if task == "multi-label-classification":
-                labels = [run.id2label[i] for i, v in enumerate(row) if v >= threshold]
-                results.append({"label": labels, "scores": named})
-            else:
-                results.append({"label": run.id2label[int(np.argmax(row))], "scores": named})
+        logits = run.model(**encoded).logits.detach().float().cpu().numpy()
+        results += text_answers(run.recipe.task, logits, run.id2label, threshold)
     return results
 
 
@@ -503,14 +494,6 @@ def load_for_inference(folder: Path, trusted: bool) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def format_result(text: str, result: dict[str, Any]) -> str:
-    """`label<TAB>top-3 scores<TAB>text`; regression: `value<TAB>text`."""
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    if "scores" not in result:
-        return f"{result['score']:.4f}\t{shown}"
-    return top_classes_line(shown, result)
-
-
 TEXT_FEATURES = FeatureExtractor(
     extract=extract_features,
     cache_key=_feature_key,
@@ -531,7 +514,7 @@ _SHARED: dict[str, Any] = dict(
     load_for_inference=load_for_inference,
     predict=predict_texts,
     read_inputs=read_texts,
-    format_result=format_result,
+    format_result=text_line,
     card=TEXT_CARD,
 )
 TEXT_TASKS: dict[str, Task] = {
