@@ -45,7 +45,8 @@ DEFAULT_PLAN = {
     # SetFit's full schedule is 20 iterations x 2 pairs per row / batch 16: SST-2 and SMS 40 steps at N=8 and 320 at
     # N=64, Banking77 1,540 and 12,320. A step took ~0.55 s on 2 idle cores and ~2.5 s on the shared ones the report
     # ran on, so the cells beyond N=8 on the binary sets run it capped at 64 steps (the project's contrastive phase
-    # is 64 steps of 16 rows with the shipped recipe) and fewer seeds; RESULTS.md says which.
+    # is 64 steps of 16 rows with the shipped recipe, 40 at N=8 on the binary sets) and fewer seeds; RESULTS.md says
+    # which.
     "sst2/8": [5, 3, 0],
     "sms/8": [5, 3, 0],
     "banking77/8": [3, 1, 64],

@@ -40,6 +40,17 @@ def active_classifier(model: nn.Module) -> nn.Module:
     return copies["default"] if copies else classifier
 
 
+MAX_PASSES = 10
+"""An epoch goes over a small train split at most this many times (`strategy.epoch_rows` caps the rows above that):
+16 rows (8 a class, two classes) make 160 rows an epoch, the recipe's 4 epochs 40 steps of 16 — SetFit's schedule
+there — where 256 rows an epoch took 64 steps, 1.2× SetFit's wall time (RESULTS.md, "Few examples per class")."""
+
+
+def epoch_rows(configured: int | None, train_rows: int) -> int | None:
+    """The rows an epoch draws: `strategy.epoch_rows`, at most `MAX_PASSES` passes over the split (None: one pass)."""
+    return None if configured is None else min(configured, MAX_PASSES * train_rows)
+
+
 class ClassBlockSampler(Sampler[int]):
     """Rows in blocks of `block` rows of one class, the blocks of all classes shuffled together: every batch (a whole
     number of blocks) holds several rows of each of its classes, so every row has positives and negatives in it. An

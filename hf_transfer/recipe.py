@@ -260,9 +260,9 @@ class StrategyConfig(_Section):
     """`contrastive`: rows of one class that sit together in a batch (a batch holds batch_size / class_block
     classes), so every row meets rows of its own class and of others."""
     epoch_rows: int | None = Field(default=256, gt=0)
-    """`contrastive`: rows an epoch draws, in class blocks: a small train split is cycled through again, a large one
-    sampled, so the contrastive phase costs the same at 8 or 64 rows per class (the head is then fitted on every
-    row). null: one pass over every train row."""
+    """`contrastive`: rows an epoch draws, in class blocks: a small train split is cycled through again (at most 10
+    times), a large one sampled, so the contrastive phase costs about the same at 8 or 64 rows per class (the head is
+    then fitted on every row). null: one pass over every train row."""
 
     @model_validator(mode="before")
     @classmethod

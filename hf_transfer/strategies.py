@@ -17,6 +17,7 @@ from .contrastive import (
     ContrastiveModel,
     apply_contrastive,
     check_contrastive,
+    epoch_rows,
     fit_head_on_tuned_features,
 )
 from .errors import StrategyError, TrainingError
@@ -350,7 +351,7 @@ def plan_contrastive(
         )
 
     def sampler(generator: torch.Generator) -> ClassBlockSampler:
-        return ClassBlockSampler(labels, s.class_block, s.epoch_rows, generator)
+        return ClassBlockSampler(labels, s.class_block, epoch_rows(s.epoch_rows, len(labels)), generator)
 
     train_model = ContrastiveModel(model, s.loss, s.margin)
     metric = t.metric_for_best or task.metric_for_best

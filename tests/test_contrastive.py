@@ -11,7 +11,7 @@ import torch
 from conftest import ACCELERATE_CPU_LAUNCH, python_env, recipe_yaml, save_tiny_bert
 from safetensors.torch import load_file
 
-from hf_transfer.contrastive import ClassBlockSampler
+from hf_transfer.contrastive import ClassBlockSampler, epoch_rows
 from hf_transfer.errors import RecipeError, StrategyError
 from hf_transfer.inference import load_run, predict_texts
 from hf_transfer.recipe import load_recipe
@@ -103,6 +103,7 @@ def test_class_blocks_give_every_batch_rows_of_its_own_class_and_of_others():
     assert list(ClassBlockSampler(labels, 4, 48, torch.Generator().manual_seed(4))) != order
     fewer = list(ClassBlockSampler(labels, 4, 8, torch.Generator().manual_seed(3)))  # a large split is sampled
     assert len(fewer) == 8 and len(set(fewer)) == 8
+    assert epoch_rows(256, 20) == 200 and epoch_rows(256, 616) == 256 and epoch_rows(None, 20) is None
     one_pass = list(ClassBlockSampler(labels, 4, None, torch.Generator().manual_seed(3)))
     assert len(one_pass) == 24 and set(one_pass) == set(range(20))  # 7 and 3 rows fill blocks of 4 from their class
 
@@ -121,7 +122,7 @@ def test_the_encoder_moves_the_head_is_fitted_and_the_folder_predicts_as_the_mod
     record = json.loads((out / "run.json").read_text())
     assert metrics["train"]["strategy"] == "contrastive" and metrics["train"]["head"] == "lbfgs"
     assert metrics["train"]["selects_best"] is False and metrics["train"]["epochs_run"] == 3
-    assert metrics["train"]["steps"] == 3 * 32  # 256 rows an epoch (strategy.epoch_rows) in batches of 8
+    assert metrics["train"]["steps"] == 3 * 30  # 24 rows cycled 10 times an epoch (not 256) in batches of 8
     assert metrics["train"]["head_C"] > 0
     assert record["dataset"]["samples_per_class"]["rows"] == 24
     assert record["dataset"]["splits"]["train"] == 24 and record["pooling"] == "mean"
@@ -166,7 +167,7 @@ def test_resume_from_an_epoch_checkpoint_is_exact(tmp_path, tiny_bert, sentiment
     resumed = tmp_path / "resumed"
     shutil.copytree(finished / "checkpoints", resumed / "checkpoints")
     names = sorted(p.name for p in (resumed / "checkpoints").iterdir())
-    assert names == ["step-00000032", "step-00000064", "step-00000096"]
+    assert names == ["step-00000030", "step-00000060", "step-00000090"]  # 24 rows x 10 passes in batches of 8
     shutil.rmtree(resumed / "checkpoints" / names[-1])  # as if killed during the last epoch
     train(load_recipe(path, output_dir=str(resumed)), resume=True)
     one, two = (load_file(str(p / "model.safetensors")) for p in (finished, resumed))
@@ -192,7 +193,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, dropout_free_bert
     two = tmp_path / "two"
     metrics_one, metrics_two = (json.loads((p / "metrics.json").read_text()) for p in (one, two))
     assert (metrics_one["train"]["processes"], metrics_two["train"]["processes"]) == (1, 2)
-    assert metrics_one["train"]["steps"] == metrics_two["train"]["steps"] == 64
+    assert metrics_one["train"]["steps"] == metrics_two["train"]["steps"] == 60  # 2 epochs of 24 rows x 10 passes
     # The loss compares the whole global batch (embeddings gathered across ranks), so the encoders agree to float32
     # rounding; the heads are fitted on their features, and predict alike.
     weights_one, weights_two = (load_file(str(p / "model.safetensors")) for p in (one, two))
