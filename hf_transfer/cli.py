@@ -357,7 +357,14 @@ def _add_folder_commands(commands: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `hf-transfer` and `python -m hf_transfer`; errors print one clear line, not a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `predict DIR --json "a text"`: argparse fills the texts list before the first option and calls what follows it
+    # unrecognised; they are inputs too, in the order given.
+    if extra and isinstance(getattr(args, "texts", None), list) and not any(e.startswith("-") for e in extra):
+        args.texts.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .errors import USER_ERRORS
 
     try:

@@ -34,6 +34,20 @@ def test_predict_json_has_one_entry_per_input(trained, capsys):
     assert set(results[0]["scores"]) == {"pos", "neg"}
 
 
+def test_texts_after_an_option_are_inputs_too_and_unknown_options_still_fail(trained, capsys):
+    capsys.readouterr()
+    superb, tedious = "a superb superb film", "a tedious tedious plot"
+    command = ["predict", str(trained), superb, "--json", tedious, superb]
+    assert main(command) == 0
+    assert [r["label"] for r in json.loads(capsys.readouterr().out)] == ["pos", "neg", "pos"]
+    with pytest.raises(SystemExit) as error:
+        main(["predict", str(trained), "--json", "a superb film", "--jsn"])
+    assert error.value.code == 2 and "unrecognized arguments: a superb film --jsn" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(trained), "stray"])  # only predict takes inputs
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
 def test_predict_file_and_plain_output(trained, tmp_path, capsys):
     texts = tmp_path / "in.csv"
     texts.write_text("text\na brilliant brilliant cast\n", encoding="utf-8")
