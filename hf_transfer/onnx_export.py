@@ -117,11 +117,19 @@ def sample_inputs(run: LoadedRun, inputs_file: Path | None = None) -> list[str]:
     return values
 
 
+def _is_file(value: str) -> bool:
+    """Whether an input names a file (an image's); a text longer than a file name can be is not one."""
+    try:
+        return Path(value).is_file()
+    except OSError:  # ENAMETOOLONG, which pathlib does not treat as "no such file"
+        return False
+
+
 def record_calls(run: LoadedRun, values: list[str]) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """The task's predict over `values` batched (padding) and one by one, plus an over-long text (truncation),
     with PyTorch's logits for each batch. The first call, the largest batch, is the one traced."""
     batch = values if len(values) > 1 else values * 2  # a dynamic batch axis needs an example batch of 2 or more
-    texts = [v for v in values if not Path(v).is_file()]
+    texts = [v for v in values if not _is_file(v)]
     if texts:
         # Longer than any model's max_length once tokenized: the truncated path is checked too.
         batch = batch + [" ".join(texts * (1 + 2000 // max(1, sum(len(t.split()) for t in texts))))]
@@ -360,7 +368,6 @@ def export(output_dir: str | Path, int8: bool = False, inputs_file: str | Path |
     else:
         (target / VARIANT_FILES["onnx-int8"]).unlink(missing_ok=True)  # from an earlier export: it no longer matches
     inputs, outputs = _io_records(OnnxSession(target / VARIANT_FILES["onnx"]))
-    texts = [v for v in values if not Path(v).is_file()]
     manifest = {
         "format": 1,
         "task": run.recipe.task,
@@ -379,7 +386,7 @@ def export(output_dir: str | Path, int8: bool = False, inputs_file: str | Path |
     }
     if run.recipe.task in TEXT_ANSWERS:  # what the torch-free text path (`onnx_text.py`) may serve
         names = [record["name"] for record in inputs]
-        manifest["tokenizer"] = tokenizer_record(folder, run.preprocessor, run.recipe.data.max_length, texts, names)
+        manifest["tokenizer"] = tokenizer_record(folder, run.preprocessor, run.recipe.data.max_length, values, names)
     write_json_atomic(target / MANIFEST, manifest)
     return manifest
 

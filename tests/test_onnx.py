@@ -297,9 +297,10 @@ def test_no_inputs_to_trace_with_names_the_way_out(tmp_path, trained, capsys):
     assert main(["export", str(folder)]) == 2
     assert "no texts to trace the model with" in capsys.readouterr().err and not (folder / "onnx").exists()
     inputs = tmp_path / "inputs.txt"
-    inputs.write_text("\n".join(TEXTS) + "\n")
+    inputs.write_text("\n".join([*TEXTS, LONG]) + "\n")  # a line longer than a file name may be is a text too
     assert main(["export", str(folder), "--inputs", str(inputs)]) == 0
-    assert json.loads((folder / "onnx" / "manifest.json").read_text())["parity_inputs"] == len(TEXTS)
+    manifest = json.loads((folder / "onnx" / "manifest.json").read_text())
+    assert manifest["parity_inputs"] == len(TEXTS) + 1 and manifest["tokenizer"]["matches_transformers"] is True
 
 
 @pytest.mark.parametrize(
