@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +99,20 @@ def test_fp32_logits_match_pytorch_within_1e4_with_padding_truncation_and_batch_
 def test_int8_is_quantised_is_the_default_runtime_and_keeps_the_labels(exported, capsys):
     import onnx
 
-    ops = {node.op_type for node in onnx.load(exported / "onnx" / "model.int8.onnx").graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    ops = Counter(node.op_type for node in onnx.load(exported / "onnx" / "model.int8.onnx").graph.node)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(ops)
+    assert ops["QAttention"] == 2 and "Attention" not in ops  # each layer's attention, its Q/K/V projection in int8
     manifest = json.loads((exported / "onnx" / "manifest.json").read_text())
     assert manifest["variants"]["onnx-int8"]["quantization"]["weight_type"] == "int8"
+    assert manifest["fusions"] == {
+        "operators": {"Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
+        "attention_mask_index": True,
+    }
+    fp32 = onnx.load(exported / "onnx" / "model.onnx").graph
+    attention = [node for node in fp32.node if node.op_type == "Attention"]
+    cast = next(node for node in fp32.node if node.output[0] == "attention_mask_int32")
+    assert cast.input == ["attention_mask"]
+    assert all(list(node.input)[3:] == ["attention_mask_int32"] for node in attention)
 
     run = load_run(exported)
     assert run.runtime == "onnx-int8"
@@ -266,6 +277,45 @@ def test_reexport_without_int8_removes_the_old_int8_file(tmp_path, exported):
     manifest = export(folder)
     assert set(manifest["variants"]) == {"onnx"} and not (folder / "onnx" / "model.int8.onnx").exists()
     assert load_run(folder).runtime == "onnx"
+
+
+def test_a_fusion_that_changes_the_logits_is_not_kept(tmp_path, trained, monkeypatch):
+    """The mask rewrite is checked, not trusted: rewired to attend to padding too, it gives other logits on padded
+    batches, so the fused graph is kept without it (and still within 1e-4); a rewriter that fails leaves the graph as
+    exported. Either way the folder serves with its parity passed."""
+    import onnx
+
+    from hf_transfer import onnx_fusions
+
+    use_mask_index = onnx_fusions.use_mask_index
+
+    def attends_to_padding(proto):
+        rewired = use_mask_index(proto)
+        for node in proto.graph.node:
+            if node.op_type == "Attention":
+                del node.input[3:]
+        return rewired
+
+    monkeypatch.setattr(onnx_fusions, "use_mask_index", attends_to_padding)
+    folder = tmp_path / "rewired"
+    shutil.copytree(trained, folder)
+    manifest = export(folder, int8=True)
+    assert manifest["fusions"]["attention_mask_index"] is False and manifest["fusions"]["operators"]["Attention"] == 2
+    assert all(v["parity"]["passed"] for v in manifest["variants"].values())
+    assert manifest["variants"]["onnx"]["parity"]["max_abs_diff"] <= 1e-4
+    ops = {node.op_type for node in onnx.load(folder / "onnx" / "model.onnx").graph.node}
+    assert "Attention" in ops and not (folder / "onnx" / "model.fusing.onnx").exists()
+
+    def unreadable(path):
+        raise ValueError("no pattern for this graph")
+
+    monkeypatch.setattr(onnx_fusions, "fused_graph", unreadable)
+    folder = tmp_path / "unfused"
+    shutil.copytree(trained, folder)
+    manifest = export(folder, int8=True)
+    ops = {node.op_type for node in onnx.load(folder / "onnx" / "model.onnx").graph.node}
+    assert manifest["fusions"] == {} and "Attention" not in ops and "Softmax" in ops
+    assert manifest["variants"]["onnx"]["parity"]["passed"] and load_run(folder).runtime == "onnx-int8"
 
 
 def test_a_model_the_exporter_cannot_trace_is_refused_with_one_line(tmp_path):
