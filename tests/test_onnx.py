@@ -104,11 +104,11 @@ def test_int8_is_quantised_is_the_default_runtime_and_keeps_the_labels(exported,
     assert ops["QAttention"] == 2 and "Attention" not in ops  # each layer's attention, its Q/K/V projection in int8
     manifest = json.loads((exported / "onnx" / "manifest.json").read_text())
     assert manifest["variants"]["onnx-int8"]["quantization"]["weight_type"] == "int8"
-    assert manifest["fusions"] == {
-        "operators": {"Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
-        "attention_mask_index": True,
-    }
+    assert manifest["fusions"] == {"operators": {"Attention": 2, "BiasGelu": 2}, "attention_mask_index": True}
     fp32 = onnx.load(exported / "onnx" / "model.onnx").graph
+    # The skip-layer-norm fusion is undone (slower on CPU): the embeddings' and each layer's two norms stay plain.
+    fp32_ops = Counter(node.op_type for node in fp32.node)
+    assert fp32_ops["LayerNormalization"] == 5 and "SkipLayerNormalization" not in fp32_ops
     attention = [node for node in fp32.node if node.op_type == "Attention"]
     cast = next(node for node in fp32.node if node.output[0] == "attention_mask_int32")
     assert cast.input == ["attention_mask"]
