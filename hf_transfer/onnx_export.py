@@ -61,9 +61,9 @@ QUANTIZATION = {
 """Dynamic int8 of the weight matrices, per output channel, a fused attention's packed Q/K/V projection included
 (`QAttention`, see `onnx_fusions.py`: 4.3 s against 5.0 s for the MiniLM over SST-2 test in ONNX Runtime).
 Per-tensor scales flipped 4.8 % of SST-2 test labels of the MiniLM `full` model against fp32; per-channel scales
-1.3-1.5 %, at the same speed. Leaving any one layer, or any
-one kind of matmul, in fp32 still flipped 1.2-1.7 %, and block-wise int8 weights (MatMulNBits) were slower than fp32
-here: hence the guard below, which keeps the speed and the labels."""
+1.3-1.5 %, at the same speed. Leaving any one layer, or any one kind of matmul, in fp32 still flipped 1.2-1.7 %, and
+block-wise int8 weights (MatMulNBits) were slower than fp32 here: hence the guard below, which keeps the speed and
+the labels."""
 CALIBRATION_ROWS = 512
 """Validation rows the parity check and the int8 guard are measured on (besides the folder's examples)."""
 GUARD_QUANTILE = 0.99
