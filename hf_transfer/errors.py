@@ -39,6 +39,12 @@ class ExportError(RuntimeError):
     """A model that cannot be exported to ONNX, or an ONNX export that no longer matches the folder's weights."""
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """An exception as one line for a log or a record: its type and the first line of its message, cut at `limit`."""
+    message = str(error)
+    return f"{type(error).__name__}: {message.splitlines()[0][:limit] if message else ''}"
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     RecipeError,
     SourceError,

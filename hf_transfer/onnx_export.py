@@ -25,7 +25,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 
 from .answers import TEXT_ANSWERS
-from .errors import ExportError
+from .errors import ExportError, one_line
 from .fileio import file_sha256, write_json_atomic
 from .inference import LoadedRun, load_run
 from .onnx_fusions import fuse, quiet_root_logger
@@ -166,7 +166,7 @@ def validation_calls(run: LoadedRun, names: list[str], limit: int = CALIBRATION_
         split = split.select(range(min(limit, len(split))))
         encoded = run.task.encode(DatasetDict({"calibration": split}), run.preprocessor, recipe)
     except Exception as error:  # any loader's failure: calibrate on the examples alone, and say why
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        reason = one_line(error)
         logger.warning("the validation split did not load (%s); parity is measured on the examples alone", reason)
         return [], {"source": "examples", "reason": reason}
     calls = []

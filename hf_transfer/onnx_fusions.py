@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import one_line
+
 logger = logging.getLogger(__name__)
 
 CONTRIB_DOMAIN = "com.microsoft"
@@ -163,8 +165,7 @@ def fuse(path: Path, keeps: Callable[[Path], bool]) -> dict[str, Any]:
         logger.warning("ONNX Runtime's fusions did not keep the logits; the graph stays as exported")
         return {}
     except Exception as error:  # the rewriter's many failure kinds: keep the graph as exported, and say why
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
-        logger.warning("ONNX Runtime's fusions did not apply (%s); the graph stays as exported", reason)
+        logger.warning("ONNX Runtime's fusions did not apply (%s); the graph stays as exported", one_line(error))
         return {}
     finally:
         trial.unlink(missing_ok=True)

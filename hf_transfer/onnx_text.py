@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .answers import TEXT_ANSWERS, text_answers, text_line
+from .errors import one_line
 from .fileio import file_sha256, read_json
 from .recipe import Recipe, load_recipe
 from .run_folder import RunFolder
@@ -93,7 +94,7 @@ def tokenizer_record(folder: Path, preprocessor: Any, max_length: int, texts: li
     try:
         tokenizer = fast_tokenizer(folder, max_length)
     except Exception as error:  # any tokenizer.json tokenizers cannot read: serve with transformers, and say why
-        record["reason"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        record["reason"] = one_line(error)
         return record
     for batch in [checked, *([text] for text in checked)]:
         expected = preprocessor(batch, truncation=True, max_length=max_length, padding=True, return_tensors="np")

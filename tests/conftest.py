@@ -159,6 +159,26 @@ def recipe_yaml(path: Path, model: Path | str, source: Path | str, output_dir: P
     return path
 
 
+def train_one_epoch(tmp: Path, tiny_bert: Path, data: Path, name: str, **sections) -> Path:
+    """A one-epoch run of `tiny_bert` on `data` in `tmp/name` (recipe `tmp/name.yaml`); returns its output folder."""
+    from hf_transfer.recipe import load_recipe
+    from hf_transfer.train import train
+
+    recipe = recipe_yaml(tmp / f"{name}.yaml", tiny_bert, data, tmp / name, training={"epochs": 1}, **sections)
+    return train(load_recipe(recipe))
+
+
+SENTIMENT_TEXTS = [
+    "a superb superb film",
+    "the plot was tedious and the acting dull",
+    "wonderful",
+    "the cast was really quite charming and the story moving, a delightful movie from start to finish",
+]
+"""Texts to predict with a model trained on `sentiment_rows`: short, long, one word."""
+LONG_TEXT = " ".join(["a brilliant and moving story, but the plot was messy"] * 12)
+"""Longer than the test recipes' data.max_length (32 tokens): truncation is part of what has to match."""
+
+
 @pytest.fixture
 def make_recipe(tmp_path, tiny_bert, sentiment_folder):
     """A factory for small recipes on the tiny BERT and the generated sentiment data."""

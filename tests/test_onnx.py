@@ -14,7 +14,9 @@ import pytest
 import torch
 from conftest import (
     HYMENOPTERA,
+    LONG_TEXT,
     ROOT,
+    SENTIMENT_TEXTS,
     SHARED_DATA,
     minilm_path,
     needs_hymenoptera,
@@ -22,6 +24,7 @@ from conftest import (
     python_env,
     recipe_yaml,
     save_tiny_vision_model,
+    train_one_epoch,
     write_image_folder,
 )
 
@@ -37,25 +40,14 @@ from hf_transfer.recipe import load_recipe, recipe_from_dict  # noqa: E402
 from hf_transfer.runtimes import OnnxSession, answer_errors, answer_margins, rows_to_recheck  # noqa: E402
 from hf_transfer.train import train  # noqa: E402
 
-TEXTS = [
-    "a superb superb film",
-    "the plot was tedious and the acting dull",
-    "wonderful",
-    "the cast was really quite charming and the story moving, a delightful movie from start to finish",
-]
-# Longer than the recipes' data.max_length (32 tokens): truncation is part of what has to match.
-LONG = " ".join(["a brilliant and moving story, but the plot was messy"] * 12)
-
-
-def _train(tmp: Path, tiny_bert: Path, data: Path, name: str, **sections) -> Path:
-    recipe = recipe_yaml(tmp / f"{name}.yaml", tiny_bert, data, tmp / name, training={"epochs": 1}, **sections)
-    return train(load_recipe(recipe))
+TEXTS = SENTIMENT_TEXTS
+LONG = LONG_TEXT
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert, sentiment_folder) -> Path:
     """A tiny BERT `full` run, never exported (tests copy it before exporting)."""
-    return _train(tmp_path_factory.mktemp("onnx"), tiny_bert, sentiment_folder, "full")
+    return train_one_epoch(tmp_path_factory.mktemp("onnx"), tiny_bert, sentiment_folder, "full")
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +351,7 @@ def test_no_inputs_to_trace_with_names_the_way_out(tmp_path, trained, capsys):
     ids=["pooled", "lora"],
 )
 def test_the_pooled_architecture_and_a_lora_run_export_with_parity(tmp_path, tiny_bert, sentiment_folder, strategy):
-    folder = _train(tmp_path, tiny_bert, sentiment_folder, strategy["kind"], strategy=strategy)
+    folder = train_one_epoch(tmp_path, tiny_bert, sentiment_folder, strategy["kind"], strategy=strategy)
     manifest = export(folder, int8=True)
 
     assert manifest["variants"]["onnx"]["parity"]["passed"]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import python_env, recipe_yaml, write_csv
+from conftest import LONG_TEXT, SENTIMENT_TEXTS, python_env, train_one_epoch, write_csv
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for torch.onnx's exporter) is not installed")
@@ -19,23 +19,14 @@ from hf_transfer.errors import ExportError, SourceError  # noqa: E402
 from hf_transfer.inference import load_run  # noqa: E402
 from hf_transfer.onnx_export import export  # noqa: E402
 from hf_transfer.onnx_text import AWKWARD_TEXTS, load_onnx_text_run, tokenizer_record  # noqa: E402
-from hf_transfer.recipe import load_recipe  # noqa: E402
 from hf_transfer.streaming import predict_stream  # noqa: E402
-from hf_transfer.train import train  # noqa: E402
 
-TEXTS = [
-    "a superb superb film",
-    "the plot was tedious and the acting dull",
-    "wonderful",
-    "the cast was really quite charming and the story moving, a delightful movie from start to finish",
-    " ".join(["a brilliant and moving story, but the plot was messy"] * 12),  # over data.max_length: truncated
-]
+TEXTS = [*SENTIMENT_TEXTS, LONG_TEXT]  # the last over data.max_length: truncated
 MANY = TEXTS + list(AWKWARD_TEXTS) + [f"{word} film number {i}" for i, word in enumerate(["great", "dull"] * 20)]
 
 
 def _exported(tmp: Path, tiny_bert: Path, data: Path, name: str, int8: bool = True, **sections) -> Path:
-    recipe = recipe_yaml(tmp / f"{name}.yaml", tiny_bert, data, tmp / name, training={"epochs": 1}, **sections)
-    folder = train(load_recipe(recipe))
+    folder = train_one_epoch(tmp, tiny_bert, data, name, **sections)
     export(folder, int8=int8)
     return folder
 
